@@ -120,10 +120,11 @@ class Graph(nn.Module):
                 out[k].append(key)
         return out
 
-    def shapes(self, dtype=torch.float32) -> dict:
+    def shapes(self, dtype=None) -> dict:
         """Per-sample output shape of every node (batch axis excluded)."""
         p = next(iter(self.parameters()), None)
         device = p.device if p is not None else "cpu"
+        dtype = dtype or (p.dtype if p is not None else torch.float32)
         with torch.no_grad():
             vals = self.forward_all(torch.zeros(1, *self.input_spec.shape, dtype=dtype, device=device))
         return {k: tuple(v.shape[1:]) for k, v in vals.items()}

@@ -1,0 +1,138 @@
+"""The spec's worked examples A–H (paper-spec §11): every number, for every method."""
+import math
+
+import pytest
+import torch
+
+from nets import EXAMPLES, mlp
+from toolkit.bounds import compute_bounds, relaxed_forward
+from toolkit.spec import InputSet
+from toolkit.train import reg_d, reg_r
+
+DT = torch.float64
+ONE = torch.ones(1, 1, 1, dtype=DT)
+
+
+def bound(name, method, clip=None, C=ONE):
+    build, x, eps = EXAMPLES[name]
+    g = build()
+    inp = InputSet.from_eps(torch.tensor([x], dtype=DT), eps, clip=clip)
+    return g, compute_bounds(g, inp, C, method)
+
+
+# (example, method) -> (p*, d, r) from §11; None = not given by the spec.
+EXPECTED = {
+    ("A", "fastlin"): (-1.75, 1.75, 3.0), ("A", "crown"): (-2.0, 2.0, 3.0), ("A", "ibp"): (-2.0, None, None),
+    ("A", "crown-ibp"): (-2.0, None, None),
+    ("B", "fastlin"): (-1.0, 0.0, 0.0), ("B", "crown"): (-1.0, 0.0, 0.0), ("B", "ibp"): (-1.0, None, None),
+    ("C", "fastlin"): (-0.5, 0.5, 1.0), ("C", "crown"): (0.0, 0.0, 0.0), ("C", "ibp"): (0.0, None, None),
+    ("D", "fastlin"): (-2 / 3, 2 / 3, 1.0), ("D", "crown"): (-1.0, 1.0, 1.0), ("D", "ibp"): (0.0, None, None),
+    ("D", "crown-ibp"): (-1.0, None, None),
+    ("E", "fastlin"): (-7.0, 3.0, 4.0), ("E", "crown"): (-8.0, 4.0, 4.5), ("E", "ibp"): (-4.0, None, None),
+    ("E", "crown-ibp"): (-36 / 7, 36 / 7 - 4, 2.5),
+    ("G", "fastlin"): (-1.0, 0.0, 1.0),
+    ("H", "ibp"): (-0.5, None, None), ("H", "crown-ibp"): (0.5, None, None),
+}
+
+
+@pytest.mark.parametrize("name,method", sorted(EXPECTED))
+def test_example_bound_d_r(name, method):
+    p, d, r = EXPECTED[(name, method)]
+    g, res = bound(name, method)
+    assert res.lower.item() == pytest.approx(p, abs=1e-9)
+    if d is not None:
+        assert reg_d(g, res).item() == pytest.approx(d, abs=1e-9)
+        assert reg_r(g, res).item() == pytest.approx(r, abs=1e-9)
+
+
+def test_example_A_optimum_details():
+    g, res = bound("A", "fastlin")
+    assert res.delta0.flatten().tolist() == [-1.0, -1.0]
+    lay = next(iter(res.layers.values()))
+    assert lay.l.flatten().tolist() == [-1.0, -2.0] and lay.u.flatten().tolist() == [3.0, 2.0]
+    assert lay.upper_line.flatten().tolist() == [False, True]
+    assert lay.upper_slope.flatten().tolist() == [0.75, 0.5]
+    assert lay.upper_intercept.flatten().tolist() == [0.75, 1.0]
+    xs = relaxed_forward(g, res)
+    assert xs[lay.pre].flatten().tolist() == [-1.0, 0.0]
+    assert xs[g.output].item() == pytest.approx(-1.75)
+    assert res.g.flatten().tolist() == [0.25, 1.25]
+
+
+def test_example_A_with_box():
+    g, res = bound("A", "fastlin", clip=(0.0, 1.0))
+    assert res.lower.item() == pytest.approx(-0.5)
+    assert res.g.flatten().tolist() == [0.5, 1.5]
+    assert res.z0.flatten().tolist() == [0.0, 0.0]
+    lay = next(iter(res.layers.values()))
+    assert lay.l.flatten().tolist() == [0.0, -1.0] and lay.u.flatten().tolist() == [2.0, 1.0]
+    assert lay.intercept().flatten().tolist() == [0.0, 0.5]
+    assert reg_d(g, res).item() == pytest.approx(0.5)
+    assert reg_r(g, res).item() == pytest.approx(1.0)
+
+
+def test_example_E_intermediate_bounds_and_lines():
+    g, res = bound("E", "fastlin")
+    l1, l2 = [res.layers[k] for k in sorted(res.layers)]  # ReLU_1, ReLU_3
+    assert l2.l.flatten().tolist() == pytest.approx([-5.5, -5.75])
+    assert l2.u.flatten().tolist() == pytest.approx([1.5, 3.5])
+    assert l2.upper_slope.flatten().tolist() == pytest.approx([3 / 14, 14 / 37])
+    assert l2.upper_intercept.flatten().tolist() == pytest.approx([33 / 28, 161 / 74])
+    assert l2.upper_line.flatten().tolist() == [False, True]
+    assert l1.upper_line.flatten().tolist() == [True, False]
+    assert l1.nu.flatten().tolist() == pytest.approx([-307 / 259, 281 / 259])
+    assert res.g.flatten().tolist() == pytest.approx([-575 / 518, -575 / 518])
+    assert res.delta0.flatten().tolist() == [1.0, 1.0]
+    xs = relaxed_forward(g, res)
+    assert xs[l1.pre].flatten().tolist() == pytest.approx([1.0, -1.0])
+    assert xs[l2.pre].flatten().tolist() == pytest.approx([0.0, 3.5])
+    crown = bound("E", "crown")[1]
+    c2 = crown.layers[sorted(crown.layers)[1]]
+    assert c2.l.flatten().tolist() == pytest.approx([-5.5, -5.0])
+    assert c2.u.flatten().tolist() == pytest.approx([2.5, 4.0])
+    ci = bound("E", "crown-ibp")[1]
+    i2 = ci.layers[sorted(ci.layers)[1]]
+    assert i2.l.flatten().tolist() == pytest.approx([-7.5, -5.0])
+    assert i2.u.flatten().tolist() == pytest.approx([0.5, 2.0])
+
+
+def test_example_F_three_classes_and_loss():
+    from toolkit.train.loss import robust_ce
+
+    g = mlp(([[1, 1], [1, -1]], None), ([[1, 0], [0, 1], [0.5, 0.5]], None))
+    inp = InputSet.from_eps(torch.tensor([[0.5, 0.5]], dtype=DT), 1.0, clip=None)
+    y = torch.tensor([0])
+    res = compute_bounds(g, inp, None, "fastlin", labels=y)
+    assert res.lower.flatten().tolist() == pytest.approx([-1.75, -0.875])
+    d, r = reg_d(g, res), reg_r(g, res)
+    assert d.flatten().tolist() == pytest.approx([1.75, 0.875])
+    assert r.flatten().tolist() == pytest.approx([3.0, 3.0])
+    ce = robust_ce(res.lower, y, 3)
+    assert ce.item() == pytest.approx(math.log(1 + math.exp(1.75) + math.exp(0.875)), abs=1e-6)
+    assert ce.item() == pytest.approx(2.214134, abs=1e-6)
+    total = ce + 0.5 * d.sum(1).mean() + 0.1 * r.sum(1).mean()
+    assert total.item() == pytest.approx(4.126634, abs=1e-6)
+
+
+def test_scale_invariance_example_F():
+    g, res = bound("A", "fastlin")
+    _, res2 = bound("A", "fastlin", C=2.0 * ONE)
+    assert res2.lower.item() == pytest.approx(2 * res.lower.item())
+    assert reg_r(g, res2).item() == pytest.approx(reg_r(g, res).item())
+    assert reg_d(g, res2).item() == pytest.approx(2 * reg_d(g, res).item())
+    assert torch.equal(res.delta0, res2.delta0)
+
+
+def test_zero_spec_gives_zero():
+    g, res = bound("A", "fastlin", C=0.0 * ONE)
+    assert res.lower.item() == 0.0 and reg_d(g, res).item() == 0.0
+    assert torch.all(res.delta0 == 0)
+
+
+def test_layer1_bounds_identical_across_methods():
+    outs = []
+    for m in ("ibp", "fastlin", "crown", "crown-ibp"):
+        g, res = bound("E", m)
+        key = g.edges[[k for k, n, _ in g if n.op == "ReLU"][0]][0]
+        outs.append(torch.cat(res.bounds[key]).flatten().tolist())
+    assert all(o == outs[0] for o in outs)

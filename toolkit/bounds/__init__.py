@@ -1,0 +1,11 @@
+"""The bound engine (imports nothing of train, certify, report or cli).
+
+``compute_bounds(graph, inp, C, method)`` → ``BoundResult`` with sound lower bounds of C·f over the input
+set and the relaxation's optimum for the regularizers. See ``engine`` for the methods.
+"""
+from .engine import METHODS, compute_bounds, intermediate_bounds, margin_lower_bound, needs_bounds
+from .ibp import ibp_bounds
+from .result import BoundResult, LayerOptimum, relaxed_forward
+
+__all__ = ["METHODS", "compute_bounds", "intermediate_bounds", "margin_lower_bound", "needs_bounds",
+           "ibp_bounds", "BoundResult", "LayerOptimum", "relaxed_forward"]

@@ -1,0 +1,80 @@
+"""The backward (linear-relaxation) pass over the IR DAG (paper-spec §2.1).
+
+Starting from coefficients A on one node's output, walk the graph in reverse topological order, turning
+coefficients on each node's output into coefficients on its inputs (summed where a tensor feeds several
+nodes: residual Add), and collecting constants. At the graph input the coefficients are g (§2.1) and the
+bound over the box is  const + g·mid − |g|·rad  (ℓ∞ ball ∩ box, §2.1 "bounded input").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from toolkit.ir import INPUT
+from toolkit.ir import nodes as N
+
+from .ops import rule_for
+from .relu import relax
+
+NONLINEAR = (N.ReLU, N.Sigmoid, N.Tanh, N.MaxPool2d)
+
+
+@dataclass
+class BackwardContext:
+    """What a backward pass needs besides the graph: the method's lower-slope rule, optional α per ReLU
+    (shape (N, S, *shape)), and whether to record line choices (for the relaxation's optimum)."""
+
+    method: str
+    slope_rule: str
+    alphas: dict | None = None
+    recording: bool = False
+    records: dict = field(default_factory=dict)
+    key: str = ""
+
+    def relaxation(self, node, l, u):
+        rel = relax(l, u, self.slope_rule)
+        if self.alphas is not None and self.key in self.alphas:
+            alpha = self.alphas[self.key].clamp(0, 1)
+            active = (l >= 0).to(u.dtype).unsqueeze(1)
+            rel.lower_slope = torch.where(rel.unstable.unsqueeze(1), alpha, active)
+        return rel
+
+    def record(self, node, rel, A):
+        if self.recording:
+            # The optimum sits on the upper line exactly where the coefficient is negative (§4.2).
+            self.records[self.key] = dict(relax=rel, nu=A.detach(),
+                                          upper_line=(A < 0) & rel.unstable.unsqueeze(1))
+
+
+def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """min over the box of g·z + const: g·mid − |g|·rad (§2.1)."""
+    n, s = g.shape[:2]
+    mid, rad = ((hi + lo) / 2).reshape(n, 1, -1), ((hi - lo) / 2).reshape(n, 1, -1)
+    gf = g.reshape(n, s, -1)
+    return const + (gf * mid).sum(-1) - (gf.abs() * rad).sum(-1)
+
+
+def backward_pass(graph, start: str, A: torch.Tensor, bounds: dict, shapes: dict, ctx: BackwardContext):
+    """Propagate A (N, S, *shape(start)) back to the input. Returns (g (N,S,*in_shape), const (N,S))."""
+    n, s = A.shape[:2]
+    coeffs = {start: A}
+    const = torch.zeros(n, s, dtype=A.dtype, device=A.device)
+    stop = graph.order.index(start)
+    for key in reversed(graph.order[:stop + 1]):
+        if key not in coeffs:
+            continue
+        A_out = coeffs.pop(key)
+        node, in_keys = graph.nodes[key], graph.edges[key]
+        ctx.key = key
+        in_bounds = [bounds.get(k) for k in in_keys] if isinstance(node, NONLINEAR) else None
+        A_ins, c = rule_for(node, ctx.method).backward(node, A_out, in_bounds, [shapes[k] for k in in_keys],
+                                                       ctx)
+        if c is not None:
+            const = const + c
+        for k, A_in in zip(in_keys, A_ins):
+            coeffs[k] = coeffs[k] + A_in if k in coeffs else A_in
+    g = coeffs.pop(INPUT, None)
+    if g is None:  # output does not depend on the input
+        g = torch.zeros(n, s, *shapes[INPUT], dtype=A.dtype, device=A.device)
+    return g, const

@@ -1,0 +1,194 @@
+"""Bound methods: a method is a choice of intermediate bounds and of lower-line slopes, over one pass.
+
+| method       | intermediate bounds                      | final pass (lower slope)        |
+|--------------|------------------------------------------|---------------------------------|
+| ibp          | IBP                                      | IBP with C merged (§3.1)        |
+| crown-ibp    | IBP                                      | backward, CROWN adaptive (§3.2) |
+| fastlin (CP) | backward, Fast-Lin slopes (= Wong–Kolter)| backward, Fast-Lin              |
+| crown        | backward, CROWN adaptive                 | backward, CROWN adaptive        |
+| alpha-crown  | as crown                                 | backward, slopes optimised (Adam), best per spec kept |
+| cp-proj      | forward Fast-Lin with Cauchy projections | backward, Fast-Lin (exact)      |
+
+``cp-proj`` is probabilistic (Wong et al. 2018 random projections, §8): for training only; its result is
+flagged and ``certified()`` refuses it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from toolkit.errors import BadInputError
+from toolkit.ir import INPUT
+from toolkit.ir import nodes as N
+from toolkit.spec import InputSet, margin_spec, scatter_margins
+
+from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
+from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
+from .result import BoundResult, LayerOptimum, optimal_input
+
+METHODS = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown", "cp-proj")
+#: (intermediate bounds, final lower-slope rule)
+_PLAN = {"ibp": ("ibp", None), "crown-ibp": ("ibp", "crown"), "fastlin": ("fastlin", "fastlin"),
+         "crown": ("crown", "crown"), "alpha-crown": ("crown", "crown"), "cp-proj": ("proj", "fastlin")}
+#: Default working-set size (elements) for one chunk of intermediate-bound specs.
+CHUNK_ELEMS = 2 ** 25
+
+
+def needs_bounds(graph) -> list:
+    """Keys whose bounds a relaxation needs: the inputs of nonlinear nodes, in topological order."""
+    need = {graph.edges[k][0] for k, node, _ in graph if isinstance(node, NONLINEAR)}
+    return [k for k in graph.order if k in need]
+
+
+def _node_bounds_backward(graph, key, inp, bounds, shapes, rule, chunk_elems):
+    """Bounds of every neuron of ``key`` by backward passes with ±identity specs, in chunks."""
+    n, shape = inp.lo.shape[0], shapes[key]
+    m = math.prod(shape)
+    widest = max(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
+    chunk = max(1, min(m, chunk_elems // max(1, 2 * n * widest)))
+    eye = torch.eye(m, dtype=inp.lo.dtype, device=inp.lo.device)
+    lows, ups = [], []
+    for start in range(0, m, chunk):
+        E = eye[start:start + chunk]
+        c = E.shape[0]
+        A = torch.cat([E, -E]).reshape(1, 2 * c, *shape).expand(n, 2 * c, *shape)
+        g, const = backward_pass(graph, key, A, bounds, shapes, BackwardContext(rule, rule))
+        lb = concretize(g, const, inp.lo, inp.hi)
+        lows.append(lb[:, :c])
+        ups.append(-lb[:, c:])
+    return torch.cat(lows, 1).reshape(n, *shape), torch.cat(ups, 1).reshape(n, *shape)
+
+
+def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_ELEMS, intersect_ibp=False,
+                        proj=50, generator=None):
+    """Bounds for every node a relaxation needs. ``mode``: "ibp", "fastlin", "crown" or "proj"."""
+    ibp = ibp if ibp is not None else ibp_bounds(graph, inp.lo, inp.hi)
+    if mode == "ibp":
+        return dict(ibp)
+    if mode == "proj":
+        from .forward import projected_bounds
+
+        return projected_bounds(graph, inp, shapes, needs_bounds(graph), k=proj, generator=generator)
+    exact = exact_on_box(graph)
+    bounds = {INPUT: (inp.lo, inp.hi)}
+    for key in needs_bounds(graph):
+        if key in exact:  # first layer: identical for every method (§2.5)
+            bounds[key] = ibp[key]
+            continue
+        l, u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems)
+        if intersect_ibp:
+            l, u = torch.maximum(l, ibp[key][0]), torch.minimum(u, ibp[key][1])
+        bounds[key] = (l, u)
+    return bounds
+
+
+def _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas=None, record=True):
+    n, s = C.shape[:2]
+    A = C.reshape(n, s, *shapes[graph.output])
+    ctx = BackwardContext(method, rule, alphas=alphas, recording=record)
+    g, const = backward_pass(graph, graph.output, A, bounds, shapes, ctx)
+    return concretize(g, const, inp.lo, inp.hi), g, ctx.records
+
+
+def _optimise_alpha(graph, inp, C, bounds, shapes, records, iters, lr):
+    """α-CROWN on the final pass (intermediate bounds stay CROWN's): Adam on the lower slopes of unstable
+    neurons, one slope per (sample, spec, neuron), keeping the best bound per spec so the result is never
+    looser than CROWN (the starting point)."""
+    n, s = C.shape[:2]
+    alphas = {k: r["relax"].lower_slope.detach().expand(n, s, *r["relax"].lower_slope.shape[2:]).clone()
+              for k, r in records.items()}
+    best_alpha = {k: a.clone() for k, a in alphas.items()}
+    best = None
+    bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
+    with torch.enable_grad():
+        for a in alphas.values():
+            a.requires_grad_(True)
+        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+        for _ in range(iters + 1):
+            lb, _, _ = _final_pass(graph, inp, C, bounds, shapes, "alpha-crown", "crown", alphas, record=False)
+            lbd = lb.detach()
+            better = torch.ones_like(lbd, dtype=torch.bool) if best is None else lbd > best
+            best = lbd if best is None else torch.where(better, lbd, best)
+            for k, a in alphas.items():
+                m = better.reshape(n, s, *([1] * (a.dim() - 2)))
+                best_alpha[k] = torch.where(m, a.detach(), best_alpha[k])
+            # autograd.grad, not backward(): the graph's own .grad fields must stay untouched.
+            grads = torch.autograd.grad(-lb[torch.isfinite(lb)].sum(), list(alphas.values()), allow_unused=True)
+            for a, gr in zip(alphas.values(), grads):
+                a.grad = gr
+            opt.step()
+            with torch.no_grad():
+                for a in alphas.values():
+                    a.clamp_(0, 1)
+    return best_alpha
+
+
+def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: str = "crown", *,
+                   labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
+                   proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
+                   intersect_ibp: bool = False, bounds: dict | None = None) -> BoundResult:
+    """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
+
+    C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
+    ``bounds`` lets a caller pass precomputed intermediate bounds (e.g. IBP bounds shared with CROWN-IBP's
+    β mixing). Differentiable w.r.t. the graph parameters (masks and line choices are constants).
+    """
+    if method not in METHODS:
+        raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
+    if C is None:
+        if labels is None:
+            raise BadInputError("compute_bounds needs a spec matrix C or labels")
+        C = margin_spec(labels, graph.output_size(), dtype=inp.lo.dtype).to(inp.lo.device)
+    C = C.to(dtype=inp.lo.dtype, device=inp.lo.device)
+    shapes = graph.shapes(dtype=inp.lo.dtype)
+    mode, rule = _PLAN[method]
+    ibp = ibp_bounds(graph, inp.lo, inp.hi) if (bounds is None or method == "ibp") else None
+    if bounds is None:
+        bounds = intermediate_bounds(graph, inp, mode, shapes, ibp, chunk_elems, intersect_ibp, proj, generator)
+    if method == "ibp":
+        res = BoundResult(method, ibp_spec_bound(graph, ibp, C), C, x=inp.x, bounds=bounds)
+        if bound_upper:
+            res.upper = -ibp_spec_bound(graph, ibp, -C)
+        return _sanitize(res, graph)
+    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule)
+    if method == "alpha-crown" and alpha_iters > 0 and records:
+        alphas = _optimise_alpha(graph, inp, C, bounds, shapes, records, alpha_iters, alpha_lr)
+        lower_a, g_a, records_a = _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas)
+        # Keep CROWN's bound wherever recomputation rounding left α-CROWN a hair below it.
+        lower = torch.maximum(lower_a, lower)
+        g, records = g_a, records_a
+    res = BoundResult(method, lower, C, g=g, z0=optimal_input(g, inp.lo, inp.hi, inp.x), x=inp.x,
+                      bounds=bounds, probabilistic=(method == "cp-proj"))
+    res.layers = {k: LayerOptimum(pre=graph.edges[k][0], l=bounds[graph.edges[k][0]][0],
+                                  u=bounds[graph.edges[k][0]][1], unstable=r["relax"].unstable,
+                                  upper_line=r["upper_line"], lower_slope=r["relax"].lower_slope,
+                                  upper_slope=r["relax"].upper_slope,
+                                  upper_intercept=r["relax"].upper_intercept, nu=r["nu"])
+                  for k, r in records.items()}
+    if bound_upper:
+        res.upper = -_final_pass(graph, inp, -C, bounds, shapes, method, rule, record=False)[0]
+    return _sanitize(res, graph)
+
+
+def _sanitize(res: BoundResult, graph) -> BoundResult:
+    """NaN/inf anywhere in a sample's bounds → that sample's lower bounds become −inf (never certified)."""
+    n = res.lower.shape[0]
+    bad = ~torch.isfinite(res.lower)
+    for key in needs_bounds(graph):
+        if key in res.bounds:
+            l, u = res.bounds[key]
+            bad = bad | ~(torch.isfinite(l) & torch.isfinite(u)).reshape(n, -1).all(1, keepdim=True)
+    if bad.any():
+        res.lower = torch.where(bad, torch.full_like(res.lower, -math.inf), res.lower)
+        if res.upper is not None:
+            res.upper = torch.where(bad, torch.full_like(res.upper, math.inf), res.upper)
+    return res
+
+
+def margin_lower_bound(graph, inp: InputSet, labels, method: str = "crown", **kw) -> torch.Tensor:
+    """(N, K): lower bound of min f_y(x') − f_j(x') per class j, 0 in column y."""
+    labels = torch.as_tensor(labels, device=inp.lo.device).long()
+    k = graph.output_size()
+    res = compute_bounds(graph, inp, None, method, labels=labels, **kw)
+    return scatter_margins(res.lower, labels, k, fill=0.0)

@@ -1,0 +1,56 @@
+"""Interval bound propagation over the DAG (paper-spec §3.1)."""
+from __future__ import annotations
+
+import torch
+
+from toolkit.ir import INPUT
+from toolkit.ir import nodes as N
+
+from .ops import rule_for
+
+#: Ops that map a box onto a box exactly (element-wise or a permutation of cells).
+BOX_PRESERVING = (N.Normalize, N.BatchNorm, N.Reshape, N.Flatten, N.Transpose, N.Pad)
+#: Ops whose interval image of a box is tight per output cell (one affine mixing step).
+TIGHT_ON_BOX = (N.Linear, N.Conv2d, N.AvgPool2d) + BOX_PRESERVING
+
+
+def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = None) -> dict:
+    """Interval bounds of every node output (and the input), in topological order."""
+    bounds = {INPUT: (lo, hi)}
+    for key in graph.order:
+        node = graph.nodes[key]
+        bounds[key] = rule_for(node, "ibp").ibp(node, *(bounds[k] for k in graph.edges[key]))
+        if key == upto:
+            break
+    return bounds
+
+
+def exact_on_box(graph) -> set:
+    """Node keys whose IBP bounds are already the tightest possible per cell: the input set is a box and
+    at most one mixing affine op separates the node from the input (the first layer, §2.5). For those,
+    IBP = Fast-Lin = CROWN, so the expensive backward pass is skipped."""
+    is_box, exact = {INPUT}, set()
+    for key in graph.order:
+        node, ins = graph.nodes[key], graph.edges[key]
+        if len(ins) == 1 and ins[0] in is_box and isinstance(node, TIGHT_ON_BOX):
+            exact.add(key)
+            if isinstance(node, BOX_PRESERVING):
+                is_box.add(key)
+    return exact
+
+
+def ibp_spec_bound(graph, bounds: dict, C: torch.Tensor) -> torch.Tensor:
+    """Lower bound of C·f over the IBP bounds, with C merged into a final Linear layer (§3.1: tighter than
+    combining logit intervals)."""
+    out = graph.output
+    node = graph.nodes[out]
+    n, s = C.shape[:2]
+    if isinstance(node, N.Linear):
+        lo, hi = bounds[graph.edges[out][0]]
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        W = C @ node.weight                          # (N, S, in)
+        b = C @ node.bias                            # (N, S)
+        return (W @ mid.unsqueeze(-1)).squeeze(-1) + b - (W.abs() @ rad.unsqueeze(-1)).squeeze(-1)
+    lo, hi = bounds[out]
+    mid, rad = ((hi + lo) / 2).reshape(n, -1, 1), ((hi - lo) / 2).reshape(n, -1, 1)
+    return (C @ mid).squeeze(-1) - (C.abs() @ rad).squeeze(-1)

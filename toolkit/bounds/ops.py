@@ -1,0 +1,220 @@
+"""One bound rule per IR op: an interval (IBP) rule and a backward linear-relaxation rule.
+
+``backward(node, A, in_bounds, in_shapes, ctx)`` receives ``A`` of shape (N, S, *out_shape): the coefficients of a
+linear function of the node's output for S specs per sample. It returns the coefficients on each input
+(same layout) and the constant it contributes, shape (N, S). For affine ops this is the transpose; for
+nonlinear ops a relaxation chosen by ``ctx`` (paper-spec §2.1). Lookup is by node type (``RULES``), so a
+new op means one new class here (the jax_verify / auto_LiRPA pattern without a god object).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.errors import UnsupportedOpError
+from toolkit.ir import nodes as N
+
+
+def _flat_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over all per-spec axes: (N, S, ...) -> (N, S)."""
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+
+
+def _merge(A):
+    """(N, S, *shape) -> (N*S, *shape) so per-sample ops can run on it."""
+    return A.reshape(A.shape[0] * A.shape[1], *A.shape[2:])
+
+
+def _split(A, n, s):
+    return A.reshape(n, s, *A.shape[1:])
+
+
+class Rule:
+    op = "?"
+    #: Backward rule exists (IBP-only ops raise for linear-relaxation methods).
+    has_backward = True
+
+    def ibp(self, node, *bounds):
+        raise NotImplementedError
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        raise UnsupportedOpError(node.op, node.onnx_name, method=ctx.method)
+
+
+class AffineRule(Rule):
+    """Interval rule through centre/radius (exact for affine maps)."""
+
+    def ibp(self, node, bounds):
+        lo, hi = bounds
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        return self.interval(node, mid, rad)
+
+    def interval(self, node, mid, rad):
+        out_mid = node(mid)
+        out_rad = self.abs_linear(node, rad)
+        return out_mid - out_rad, out_mid + out_rad
+
+
+class LinearRule(AffineRule):
+    def abs_linear(self, node, rad):
+        return rad @ node.weight.abs().t()
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        return [A @ node.weight], A @ node.bias
+
+
+class Conv2dRule(AffineRule):
+    def abs_linear(self, node, rad):
+        return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        n, s = A.shape[:2]
+        in_shape = in_shapes[0]
+        w = node.weight
+        out_pad = []
+        for ax in range(2):
+            h_in, h_out = in_shape[1 + ax], A.shape[3 + ax]
+            k, st, p, d = w.shape[2 + ax], node.stride[ax], node.padding[ax], node.dilation[ax]
+            out_pad.append(h_in - ((h_out - 1) * st - 2 * p + d * (k - 1) + 1))  # stride-2 pitfall (§9.2)
+        A_in = F.conv_transpose2d(_merge(A), w, None, node.stride, node.padding, tuple(out_pad), node.groups,
+                                  node.dilation)
+        bias = (A.sum((-1, -2)) * node.bias).sum(-1)
+        return [_split(A_in, n, s)], bias
+
+
+class ReshapeRule(AffineRule):
+    def ibp(self, node, bounds):
+        return node(bounds[0]), node(bounds[1])
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        return [A.reshape(*A.shape[:2], *in_shapes[0])], None
+
+
+class TransposeRule(ReshapeRule):
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        inv = [0] * len(node.perm)
+        for i, p in enumerate(node.perm):
+            inv[p] = i
+        return [A.permute(0, 1, *[p + 2 for p in inv])], None
+
+
+class PadRule(ReshapeRule):
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        left, right, top, bottom = node.pads
+        h, w = A.shape[-2:]
+        A_in = A[..., top:h - bottom, left:w - right]
+        bias = None
+        if node.value != 0.0:  # padded cells are the constant ``value``
+            bias = node.value * (_flat_sum(A) - _flat_sum(A_in))
+        return [A_in], bias
+
+
+class AvgPoolRule(ReshapeRule):
+    """Average pooling has non-negative weights, so its interval rule is monotone."""
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        n, s = A.shape[:2]
+        z = torch.zeros(n * s, *in_shapes[0], dtype=A.dtype, device=A.device, requires_grad=True)
+        with torch.enable_grad():
+            out = node(z)
+            (A_in,) = torch.autograd.grad(out, z, _merge(A), create_graph=torch.is_grad_enabled())
+        return [_split(A_in, n, s)], None
+
+
+class ElementwiseAffineRule(AffineRule):
+    """Normalize and BatchNorm: y = x * scale + shift."""
+
+    def interval(self, node, mid, rad):
+        scale, shift = node.scale_shift()
+        if mid.dim() == 2 and scale.dim() == 3:  # BatchNorm1d-style input
+            scale, shift = scale.flatten(), shift.flatten()
+        return mid * scale + shift - rad * scale.abs(), mid * scale + shift + rad * scale.abs()
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        scale, shift = node.scale_shift()
+        if A.dim() == 3 and scale.dim() == 3:
+            scale, shift = scale.flatten(), shift.flatten()
+        return [A * scale], _flat_sum(A * shift)
+
+
+class AddRule(Rule):
+    def ibp(self, node, a, b):
+        return a[0] + b[0], a[1] + b[1]
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        return [A, A], None
+
+
+class ReLURule(Rule):
+    """Triangle-free two-line relaxation of ReLU (paper-spec §1.4, §2.1).
+
+    Upper line: the chord ā = u/(u−l), b̄ = −l·ā for unstable neurons. Lower line through the origin with
+    slope chosen by ``ctx.lower_slope`` (Fast-Lin: ā; CROWN: 1[u > −l]; α-CROWN: optimised).
+    A coefficient < 0 takes the upper line, ≥ 0 the lower line (tie → lower, §2.1 / §11.1.12).
+    """
+
+    def ibp(self, node, bounds):
+        return torch.relu(bounds[0]), torch.relu(bounds[1])
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        l, u = in_bounds[0]
+        relax = ctx.relaxation(node, l, u)
+        A_pos, A_neg = A.clamp(min=0), A.clamp(max=0)
+        A_in = A_pos * relax.lower_slope + A_neg * relax.upper_slope
+        bias = _flat_sum(A_neg * relax.upper_intercept)
+        ctx.record(node, relax, A)
+        return [A_in], bias
+
+
+class MonotoneRule(Rule):
+    """Sigmoid, Tanh: monotone increasing, so the interval rule is exact per neuron.
+
+    Backward: constant lines z ≥ f(l), z ≤ f(u) (slope 0). Sound for any increasing f; loose, but never
+    wrong. Tighter tangent/chord relaxations are future work.
+    """
+
+    def ibp(self, node, bounds):
+        return node(bounds[0]), node(bounds[1])
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        l, u = in_bounds[0]
+        fl, fu = node(l).unsqueeze(1), node(u).unsqueeze(1)
+        bias = _flat_sum(A.clamp(min=0) * fl + A.clamp(max=0) * fu)
+        return [torch.zeros_like(A)], bias
+
+
+class MaxPoolRule(Rule):
+    """max over a window: lower line = the input with the largest lower bound (max ≥ any member),
+    upper line = the constant max of the upper bounds. Both sound; the interval rule is exact."""
+
+    def ibp(self, node, bounds):
+        return node(bounds[0]), node(bounds[1])
+
+    def backward(self, node, A, in_bounds, in_shapes, ctx):
+        l, u = in_bounds[0]
+        n, s = A.shape[:2]
+        _, idx = F.max_pool2d(l, node.kernel_size, node.stride, node.padding, ceil_mode=node.ceil_mode,
+                              return_indices=True)
+        upper = node(u).unsqueeze(1)
+        bias = _flat_sum(A.clamp(max=0) * upper)
+        A_pos = A.clamp(min=0)
+        c, h, w = l.shape[1:]
+        flat_idx = idx.unsqueeze(1).expand(n, s, *idx.shape[1:]).reshape(n, s, c, -1)
+        A_in = torch.zeros(n, s, c, h * w, dtype=A.dtype, device=A.device)
+        A_in = A_in.scatter_add(3, flat_idx, A_pos.reshape(n, s, c, -1))
+        return [A_in.reshape(n, s, c, h, w)], bias
+
+
+RULES = {
+    N.Linear: LinearRule(), N.Conv2d: Conv2dRule(), N.Reshape: ReshapeRule(), N.Flatten: ReshapeRule(),
+    N.Transpose: TransposeRule(), N.Pad: PadRule(), N.AvgPool2d: AvgPoolRule(),
+    N.Normalize: ElementwiseAffineRule(), N.BatchNorm: ElementwiseAffineRule(), N.Add: AddRule(),
+    N.ReLU: ReLURule(), N.Sigmoid: MonotoneRule(), N.Tanh: MonotoneRule(), N.MaxPool2d: MaxPoolRule(),
+}
+
+
+def rule_for(node, method="?") -> Rule:
+    rule = RULES.get(type(node))
+    if rule is None:
+        raise UnsupportedOpError(node.op, node.onnx_name, method=method)
+    return rule
