@@ -136,3 +136,25 @@ def test_layer1_bounds_identical_across_methods():
         key = g.edges[[k for k, n, _ in g if n.op == "ReLU"][0]][0]
         outs.append(torch.cat(res.bounds[key]).flatten().tolist())
     assert all(o == outs[0] for o in outs)
+
+
+def test_cp_proj_converges_to_fastlin_and_is_flagged():
+    """§11.1.11: the Cauchy median estimate converges to the exact norm as k grows; cp-proj is never a
+    certificate."""
+    from nets import random_mlp
+
+    g = random_mlp([20, 30, 30, 5], seed=3)
+    x = torch.rand(4, 20, dtype=DT, generator=torch.Generator().manual_seed(0))
+    inp = InputSet.from_eps(x, 0.05, clip=None)
+    exact = compute_bounds(g, inp, None, "fastlin", labels=torch.zeros(4, dtype=torch.long))
+    gen = torch.Generator().manual_seed(1)
+    errs = {}
+    for k in (10, 4000):
+        proj = compute_bounds(g, inp, None, "cp-proj", labels=torch.zeros(4, dtype=torch.long), proj=k,
+                              generator=gen)
+        assert proj.probabilistic
+        with pytest.raises(ValueError):
+            proj.certified()
+        errs[k] = (proj.lower - exact.lower).abs().max().item()
+    assert errs[4000] < 0.05 * exact.lower.abs().max().item()
+    assert errs[4000] < errs[10]
