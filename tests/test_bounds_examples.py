@@ -158,3 +158,23 @@ def test_cp_proj_converges_to_fastlin_and_is_flagged():
         errs[k] = (proj.lower - exact.lower).abs().max().item()
     assert errs[4000] < 0.05 * exact.lower.abs().max().item()
     assert errs[4000] < errs[10]
+
+
+@pytest.mark.parametrize("clip", [None, (0.0, 1.0)])
+def test_fastlin_forward_form_equals_backward_form(clip):
+    """§11.1.4: Fast-Lin's forward form gives the per-neuron backward bounds (Example E and random nets,
+    including a conv net with a residual Add)."""
+    from nets import random_conv, random_mlp
+
+    cases = [(EXAMPLES["E"][0](), torch.tensor([EXAMPLES["E"][1]], dtype=DT), 1.0),
+             (random_mlp([6, 12, 12, 12, 4], seed=5), torch.rand(3, 6, dtype=DT), 0.2),
+             (random_conv(seed=2, residual=True, normalize=True), torch.rand(2, 1, 8, 8, dtype=DT), 0.05)]
+    for g, x, eps in cases:
+        inp = InputSet.from_eps(x, eps, clip=clip)
+        C = torch.ones(x.shape[0], 1, g.output_size(), dtype=DT)
+        fw = compute_bounds(g, inp, C, "fastlin", fastlin_form="forward")
+        bw = compute_bounds(g, inp, C, "fastlin", fastlin_form="backward")
+        for key in fw.bounds:
+            for a, b in zip(fw.bounds[key], bw.bounds[key]):
+                assert torch.allclose(a, b, atol=1e-10), key
+        assert torch.allclose(fw.lower, bw.lower, atol=1e-10)

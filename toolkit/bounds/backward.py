@@ -31,6 +31,10 @@ class BackwardContext:
     recording: bool = False
     records: dict = field(default_factory=dict)
     key: str = ""
+    #: Fast-Lin only: lower and upper lines are parallel, so one pass with +A serves both bounds; the
+    #: upper bound's extra constant Σ|ν|·b̄ is accumulated here (see ``symmetric_bounds``).
+    symmetric: bool = False
+    sym_extra: torch.Tensor | float = 0.0
 
     def relaxation(self, node, l, u):
         rel = relax(l, u, self.slope_rule)
@@ -41,6 +45,8 @@ class BackwardContext:
         return rel
 
     def record(self, node, rel, A):
+        if self.symmetric:
+            self.sym_extra = self.sym_extra + (A.abs() * rel.upper_intercept).flatten(2).sum(-1)
         if self.recording:
             # The optimum sits on the upper line exactly where the coefficient is negative (§4.2).
             self.records[self.key] = dict(relax=rel, nu=A.detach(),

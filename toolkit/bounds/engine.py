@@ -24,6 +24,7 @@ from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec, scatter_margins
 
 from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
+from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
 from .result import BoundResult, LayerOptimum, optimal_input
 
@@ -41,45 +42,91 @@ def needs_bounds(graph) -> list:
     return [k for k in graph.order if k in need]
 
 
-def _node_bounds_backward(graph, key, inp, bounds, shapes, rule, chunk_elems):
-    """Bounds of every neuron of ``key`` by backward passes with ±identity specs, in chunks."""
+def _node_bounds_backward(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None):
+    """Bounds of the neurons of ``key`` (all, or the flat indices ``only``) by backward passes with
+    identity specs, in chunks. Returns flat (N, M') lower and upper bounds.
+
+    Fast-Lin's lines are parallel, so +e_j alone gives both bounds (upper = g·mid + |g|·rad + const +
+    Σ|ν|·b̄); other rules need ±e_j (2 specs per neuron)."""
     n, shape = inp.lo.shape[0], shapes[key]
     m = math.prod(shape)
+    idx = torch.arange(m, device=inp.lo.device) if only is None else only
+    symmetric = rule == "fastlin" and not any(isinstance(nd, (N.MaxPool2d, N.Sigmoid, N.Tanh))
+                                               for _, nd, _ in graph)
+    per_spec = 1 if symmetric else 2
     widest = max(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
-    chunk = max(1, min(m, chunk_elems // max(1, 2 * n * widest)))
-    eye = torch.eye(m, dtype=inp.lo.dtype, device=inp.lo.device)
+    chunk = max(1, min(m, chunk_elems // max(1, per_spec * n * widest)))
     lows, ups = [], []
-    for start in range(0, m, chunk):
-        E = eye[start:start + chunk]
+    for start in range(0, idx.numel(), chunk):
+        rows = idx[start:start + chunk]
+        E = torch.zeros(rows.numel(), m, dtype=inp.lo.dtype, device=inp.lo.device)
+        E[torch.arange(rows.numel()), rows] = 1.0
         c = E.shape[0]
-        A = torch.cat([E, -E]).reshape(1, 2 * c, *shape).expand(n, 2 * c, *shape)
-        g, const = backward_pass(graph, key, A, bounds, shapes, BackwardContext(rule, rule))
+        specs = E if symmetric else torch.cat([E, -E])
+        A = specs.reshape(1, per_spec * c, *shape).expand(n, per_spec * c, *shape)
+        ctx = BackwardContext(rule, rule, symmetric=symmetric)
+        g, const = backward_pass(graph, key, A, bounds, shapes, ctx)
         lb = concretize(g, const, inp.lo, inp.hi)
-        lows.append(lb[:, :c])
-        ups.append(-lb[:, c:])
-    return torch.cat(lows, 1).reshape(n, *shape), torch.cat(ups, 1).reshape(n, *shape)
+        if symmetric:
+            lows.append(lb)
+            ups.append(concretize(-g, -const - ctx.sym_extra, inp.lo, inp.hi).neg())
+        else:
+            lows.append(lb[:, :c])
+            ups.append(-lb[:, c:])
+    return torch.cat(lows, 1), torch.cat(ups, 1)
+
+
+def _relu_only(graph):
+    return not any(isinstance(nd, (N.MaxPool2d, N.Sigmoid, N.Tanh)) for _, nd, _ in graph)
+
+
+def _forward_exact_chunked(graph, inp, shapes, chunk_elems, intersect_ibp, ibp):
+    """Exact Fast-Lin forward form (§2.4) over sub-batches sized so the generator tensors stay bounded."""
+    need = needs_bounds(graph)
+    cols = math.prod(shapes[INPUT]) + sum(math.prod(shapes[k]) for k in need)
+    widest = max(math.prod(s) for s in shapes.values())
+    sub = max(1, (4 * chunk_elems) // (cols * widest))
+    parts = [forward_bounds(graph, inp[i:i + sub], shapes, need) for i in range(0, len(inp), sub)]
+    bounds = {k: tuple(torch.cat([p[k][j] for p in parts]) for j in range(2)) for k in parts[0]}
+    if intersect_ibp:
+        for k in need:
+            bounds[k] = (torch.maximum(bounds[k][0], ibp[k][0]), torch.minimum(bounds[k][1], ibp[k][1]))
+    return bounds
 
 
 def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_ELEMS, intersect_ibp=False,
-                        proj=50, generator=None):
-    """Bounds for every node a relaxation needs. ``mode``: "ibp", "fastlin", "crown" or "proj"."""
+                        proj=50, generator=None, fastlin_form="forward"):
+    """Bounds for every node a relaxation needs. ``mode``: "ibp", "fastlin", "crown" or "proj".
+
+    Fast-Lin's intermediate bounds come from the forward form by default (§2.4; one pass gives every
+    neuron's bounds, as in convex_adversarial); ``fastlin_form="backward"`` gives the same numbers from
+    per-neuron backward passes (a cross-check, and the path for graphs with non-ReLU nonlinearities)."""
     ibp = ibp if ibp is not None else ibp_bounds(graph, inp.lo, inp.hi)
     if mode == "ibp":
         return dict(ibp)
     if mode == "proj":
-        from .forward import projected_bounds
-
-        return projected_bounds(graph, inp, shapes, needs_bounds(graph), k=proj, generator=generator)
+        return forward_bounds(graph, inp, shapes, needs_bounds(graph), k=proj, generator=generator)
+    if mode == "fastlin" and fastlin_form == "forward" and _relu_only(graph):
+        return _forward_exact_chunked(graph, inp, shapes, chunk_elems, intersect_ibp, ibp)
     exact = exact_on_box(graph)
     bounds = {INPUT: (inp.lo, inp.hi)}
     for key in needs_bounds(graph):
         if key in exact:  # first layer: identical for every method (§2.5)
             bounds[key] = ibp[key]
             continue
-        l, u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems)
+        shape = shapes[key]
         if intersect_ibp:
-            l, u = torch.maximum(l, ibp[key][0]), torch.minimum(u, ibp[key][1])
-        bounds[key] = (l, u)
+            # Neurons IBP proves stable are stable: their relaxation is exact whatever l and u are, so
+            # only the neurons IBP leaves unstable (in any sample) get a backward pass.
+            l_ibp, u_ibp = (b.reshape(b.shape[0], -1) for b in ibp[key])
+            only = ((l_ibp < 0) & (u_ibp > 0)).any(0).nonzero().flatten()
+            lo_u, up_u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems, only)
+            l, u = l_ibp.clone(), u_ibp.clone()
+            l[:, only] = torch.maximum(lo_u, l_ibp[:, only])
+            u[:, only] = torch.minimum(up_u, u_ibp[:, only])
+        else:
+            l, u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems)
+        bounds[key] = (l.reshape(-1, *shape), u.reshape(-1, *shape))
     return bounds
 
 
@@ -127,7 +174,8 @@ def _optimise_alpha(graph, inp, C, bounds, shapes, records, iters, lr):
 def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: str = "crown", *,
                    labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
                    proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
-                   intersect_ibp: bool = False, bounds: dict | None = None) -> BoundResult:
+                   intersect_ibp: bool = False, bounds: dict | None = None,
+                   fastlin_form: str = "forward") -> BoundResult:
     """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
 
     C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
@@ -145,7 +193,8 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
     mode, rule = _PLAN[method]
     ibp = ibp_bounds(graph, inp.lo, inp.hi) if (bounds is None or method == "ibp") else None
     if bounds is None:
-        bounds = intermediate_bounds(graph, inp, mode, shapes, ibp, chunk_elems, intersect_ibp, proj, generator)
+        bounds = intermediate_bounds(graph, inp, mode, shapes, ibp, chunk_elems, intersect_ibp, proj, generator,
+                                     fastlin_form)
     if method == "ibp":
         res = BoundResult(method, ibp_spec_bound(graph, ibp, C), C, x=inp.x, bounds=bounds)
         if bound_upper:

@@ -1,4 +1,4 @@
-"""Forward-mode Fast-Lin bounds with Cauchy random projections (Wong et al. 2018; paper-spec §2.4, §8).
+"""Forward-mode Fast-Lin bounds, exact or with Cauchy random projections (paper-spec §2.4, §8).
 
 Each node's value is an affine form  c + Σ_m G_m e_m  of independent generators e_m ∈ [−1, 1]: the input
 box (G = diag(rad)) and, per unstable ReLU, the intercept δ ∈ [0, b̄] = b̄/2 + (b̄/2)·e (§1.5, "adversaries").
@@ -58,30 +58,79 @@ def _estimate(c, P):
     return c - radius, c + radius
 
 
-def projected_bounds(graph, inp, shapes, needed, k: int = 50, generator=None) -> dict:
-    """Estimated bounds for the ``needed`` node keys (the inputs of ReLUs)."""
+def _exact(c, G):
+    radius = G.abs().sum(1)
+    return c - radius, c + radius
+
+
+def _pad_cols(G, m):
+    if G.shape[1] == m:
+        return G
+    return torch.cat([G, G.new_zeros(G.shape[0], m - G.shape[1], *G.shape[2:])], 1)
+
+
+def _relu_generators(l, u, G, k, generator):
+    """The ReLU's new intercept generators δ = b̄/2 + (b̄/2)·e (§1.5) and the slopes/centre shift."""
+    unstable, slope, intercept = chord(l, u)
+    half = intercept / 2
+    if k is not None:  # projected: a fresh Cauchy projection of diag(b̄/2), summed into the k columns
+        return slope, half, cauchy(G.shape, G, generator) * half.unsqueeze(1)
+    n = l.shape[0]
+    cols = unstable.reshape(n, -1).any(0).nonzero().flatten()  # union over the batch
+    new = l.new_zeros(n, cols.numel(), l[0].numel())
+    new[:, torch.arange(cols.numel(), device=l.device), cols] = half.reshape(n, -1)[:, cols]
+    return slope, half, new.reshape(n, cols.numel(), *l.shape[1:])
+
+
+def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=None) -> dict:
+    """Fast-Lin bounds for the ``needed`` node keys (inputs of ReLUs): exact when ``k`` is None, else
+    estimated with k Cauchy projections (not sound)."""
     lo, hi = inp.lo, inp.hi
     n = lo.shape[0]
-    forms = {INPUT: ((hi + lo) / 2, ((hi - lo) / 2).unsqueeze(1) * cauchy((n, k, *lo.shape[1:]), lo, generator))}
+    rad = (hi - lo) / 2
+    if k is None:
+        d = rad[0].numel()
+        G0 = torch.diag_embed(rad.reshape(n, d)).reshape(n, d, *lo.shape[1:])
+    else:
+        G0 = rad.unsqueeze(1) * cauchy((n, k, *lo.shape[1:]), lo, generator)
+    forms = {INPUT: ((hi + lo) / 2, G0)}
     bounds = {INPUT: (lo, hi)}
     needed = set(needed)
+    width = G0.shape[1]
     for key in graph.order:
         node = graph.nodes[key]
         ins = [forms[i] for i in graph.edges[key]]
         if isinstance(node, N.Add):
-            forms[key] = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
+            (ca, Ga), (cb, Gb) = ins
+            m = max(Ga.shape[1], Gb.shape[1])
+            forms[key] = (ca + cb, _pad_cols(Ga, m) + _pad_cols(Gb, m))
         elif isinstance(node, N.ReLU):
-            c, P = ins[0]
+            c, G = ins[0]
             l, u = bounds[graph.edges[key][0]]
-            unstable, slope, intercept = chord(l, u)
-            half = intercept / 2  # δ = b̄/2 + (b̄/2)·e on unstable neurons, 0 elsewhere
-            fresh = cauchy(P.shape, P, generator) * half.unsqueeze(1)
-            forms[key] = (slope * c + half, slope.unsqueeze(1) * P + fresh)
+            slope, half, new = _relu_generators(l, u, G, k, generator)
+            G = slope.unsqueeze(1) * G
+            if k is None:
+                G = torch.cat([_pad_cols(G, width), new], 1)
+                width = G.shape[1]
+            else:
+                G = G + new
+            forms[key] = (slope * c + half, G)
         elif node.affine:
-            c, P = ins[0]
-            forms[key] = (node(c), _linear_part(node, P))
+            c, G = ins[0]
+            forms[key] = (node(c), _linear_part(node, G))
         else:
-            raise UnsupportedOpError(node.op, node.onnx_name, method="cp-proj")
+            raise UnsupportedOpError(node.op, node.onnx_name, method="fastlin (forward)" if k is None else "cp-proj")
         if key in needed:
-            bounds[key] = _estimate(*forms[key])
+            bounds[key] = (_exact if k is None else _estimate)(*forms[key])
+        for i in graph.edges[key]:  # free forms no later node reads
+            if all(graph.order.index(c) <= graph.order.index(key) for c in _consumers(graph, i)):
+                forms.pop(i, None)
     return bounds
+
+
+def _consumers(graph, key):
+    return [k for k in graph.order if key in graph.edges[k]]
+
+
+def projected_bounds(graph, inp, shapes, needed, k: int = 50, generator=None) -> dict:
+    return forward_bounds(graph, inp, shapes, needed, k=k, generator=generator)
