@@ -16,6 +16,7 @@ re-batched run reproduces the same attack (the certifier uses this).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -141,6 +142,20 @@ def spec_values(model, x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nsk,nk->ns", C.to(out.dtype), out)
 
 
+@contextmanager
+def _inputs_only(model):
+    """Differentiate w.r.t. the input only: autograd skips the parameter gradients (and their memory);
+    the parameters' requires_grad flags are restored afterwards (the trainer relies on them)."""
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, torch.nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def pgd_attack(model, inp: InputSet, C: torch.Tensor, steps: int = 100, restarts: int = 1, step_size=None,
                seed: int | Sequence[int] = 0, random_start: bool = True,
                stop_below: float | None = 0.0) -> AttackResult:
@@ -151,7 +166,8 @@ def pgd_attack(model, inp: InputSet, C: torch.Tensor, steps: int = 100, restarts
     pass ``stop_below=None`` to keep descending for the smallest margin.
     """
     objective = lambda z: spec_values(model, z, C).min(dim=1).values
-    x_adv, margin = pgd_minimize(objective, inp, steps, restarts, step_size, seed, random_start, stop_below)
+    with _inputs_only(model):
+        x_adv, margin = pgd_minimize(objective, inp, steps, restarts, step_size, seed, random_start, stop_below)
     with torch.no_grad():
         values = spec_values(model, x_adv, C)
     return AttackResult(margin, x_adv, values)
