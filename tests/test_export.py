@@ -42,6 +42,20 @@ def test_ir_graphs_export_and_reimport(make, tmp_path):
     assert np.abs(_run(g2, x) - ref).max() <= 1e-4
 
 
+@pytest.mark.parametrize("opset", [9, 19])
+def test_old_and_new_opsets_round_trip(opset, tmp_path):
+    """Opset 9 (Pad attributes) and 19 (Pad-18/Constant-19: onnx2torch has no converter, the reference
+    evaluator traces instead) both import back to the same function."""
+    g = nets.random_pool_net(seed=4)
+    out = tmp_path / "m.onnx"
+    export_onnx(g, out, opset=opset)
+    assert onnx.load(str(out)).opset_import[0].version == opset
+    g2 = import_onnx(out)
+    x = _x(g)
+    assert np.abs(_run(g2, x) - _run(g, x)).max() <= 1e-4
+    assert "Pad" in [n.op for _, n, _ in g2]
+
+
 def test_metadata_names_and_dynamic_batch(tmp_path):
     g = nets.random_mlp([4, 6, 3], seed=0)
     out = tmp_path / "m.onnx"

@@ -208,8 +208,9 @@ def test_bad_mean_std(built, mean, std, msg):
 
 
 def test_gemm_trans_a_is_unsupported(tmp_path):
-    with pytest.raises(UnsupportedOpError, match=r"Gemm with transA=1.*node 'gemm_ta'"):
+    with pytest.raises(UnsupportedOpError, match=r"Gemm with transA=1.*node 'gemm_ta'") as info:
         import_onnx(B.gemm_trans_a(tmp_path))
+    assert (info.value.op, info.value.node) == ("Gemm", "gemm_ta")
 
 
 def test_no_check_leaves_parity_unset(built):

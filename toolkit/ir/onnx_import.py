@@ -5,7 +5,9 @@ GraphModule) -> one traced run of that module at batch 1 (gives every ONNX value
 from it, input-dependent values give their shapes) -> lowering of each input-dependent ONNX node to IR
 nodes -> small folding passes -> optional parity check against onnxruntime on the original file.
 
-This module is the only place that knows onnx2torch. The fx call_module nodes are paired with the ONNX
+Where onnx2torch has no converter for an op version (Pad-18, Constant-19, ...), the ONNX reference
+evaluator computes the traced values instead; the lowering is the same. This module is the only place
+that knows onnx2torch. The fx call_module nodes are paired with the ONNX
 nodes by position (onnx2torch emits exactly one per ONNX node, in ONNX order), so the lowering reads each
 op's type and attributes from the ONNX node itself and never depends on onnx2torch's wrapper classes or
 on how it spells module names.
@@ -82,8 +84,8 @@ def import_onnx(path, mean=None, std=None, check=True, n_check=16, seed=0) -> Gr
     graph = Graph([tuple(n) for n in nodes], output, spec, meta)
     _check_finite_params(graph)
     if check:
-        fixed_batch = isinstance(file_shape[0], int)
-        diff = ort_parity(graph, str(path), in_name, n_check=n_check, seed=seed, batch_one=fixed_batch)
+        # one sample per run: valid whether the file's batch axis is fixed to 1 or symbolic
+        diff = ort_parity(graph, str(path), in_name, n_check=n_check, seed=seed, batch_one=True)
         graph.meta["ort_max_abs_diff"], graph.meta["ort_n_check"] = diff, n_check
         if not diff <= PARITY_TOL:
             raise BadModelError(f"{path}: imported graph differs from onnxruntime by {diff:.3g} "
@@ -106,7 +108,7 @@ def ort_parity(graph: Graph, model, in_name: str, n_check=16, seed=0, batch_one=
         ort_x = x
         if graph.input_spec.normalization == "prepended":
             key = graph.consumers()[INPUT][0]
-            ort_x = graph.nodes[key].float()(x)
+            ort_x = graph.nodes[key](x.to(dtype)).float()
     theirs = run_onnxruntime(model, in_name, ort_x.numpy().astype(np.float32), batch_one)
     theirs = theirs.astype(np.float64).reshape(n_check, -1)
     if theirs.shape != ours.shape:
@@ -240,6 +242,8 @@ def _input_info(model, path):
         raise BadModelError(f"{path}: input {inp.name!r} has shape {dims}; expected a batch axis first")
     if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
         raise BadModelError(f"{path}: input {inp.name!r} has unknown per-sample dimensions {dims}")
+    if dims[0] == 0:  # some exporters write 0 for "unknown"
+        dims[0] = "?"
     if isinstance(dims[0], int) and dims[0] != 1:
         raise BadModelError(f"{path}: input batch axis is fixed to {dims[0]}; tightcert needs 1 or dynamic")
     return inp.name, dims
@@ -249,34 +253,49 @@ def _input_info(model, path):
 # onnx2torch conversion and the traced run
 # ---------------------------------------------------------------------------------------------------------
 def _trace(model, in_name, sample_shape, path) -> dict:
-    """Every ONNX value computed by onnx2torch's module on a zero batch-1 input: value name -> tensor."""
+    """Every ONNX value on a zero batch-1 input: value name -> tensor (constants and shapes come from it).
+
+    onnx2torch computes it; where onnx2torch has no converter for an op version (e.g. Pad-18,
+    Constant-19), the ONNX reference evaluator does. Either way the lowering reads the same values, and
+    the onnxruntime parity check judges the result.
+    """
+    x = torch.zeros(1, *sample_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx2torch and torch.fx warn on perfectly good VNN-COMP files
         import onnx2torch
 
         try:
             gm = onnx2torch.convert(model)
+        except NotImplementedError:
+            values = _trace_reference(model, in_name, x, path)
         except Exception as e:
             raise BadModelError(f"{path}: conversion failed: {_one_line(e)}") from None
-        calls = [n for n in gm.graph.nodes if n.op == "call_module"]
-        if len(calls) != len(model.graph.node):
-            raise BadModelError(f"{path}: onnx2torch produced {len(calls)} modules for "
-                                f"{len(model.graph.node)} ONNX nodes")
-        recorded = {}
+        else:
+            values = _trace_fx(gm, model, x, path)
+    values[in_name] = x
+    return values
 
-        class _Recorder(torch.fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                recorded[n] = out
-                return out
 
-        try:
-            with torch.no_grad():
-                _Recorder(gm.eval()).run(torch.zeros(1, *sample_shape))
-        except Exception as e:
-            raise BadModelError(f"{path}: the model does not run on a {list(sample_shape)} input: "
-                                f"{_one_line(e)}") from None
-    values = {in_name: torch.zeros(1, *sample_shape)}
+def _trace_fx(gm, model, x, path) -> dict:
+    calls = [n for n in gm.graph.nodes if n.op == "call_module"]
+    if len(calls) != len(model.graph.node):  # onnx2torch emits one module per ONNX node, in order
+        raise BadModelError(f"{path}: onnx2torch produced {len(calls)} modules for {len(model.graph.node)} "
+                            "ONNX nodes")
+    recorded = {}
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            recorded[n] = out
+            return out
+
+    try:
+        with torch.no_grad():
+            _Recorder(gm.eval()).run(x)
+    except Exception as e:
+        raise BadModelError(f"{path}: the model does not run on a {list(x.shape[1:])} input: "
+                            f"{_one_line(e)}") from None
+    values = {}
     for fx_node, onode in zip(calls, model.graph.node):
         out = recorded[fx_node]
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -284,6 +303,17 @@ def _trace(model, in_name, sample_shape, path) -> dict:
             if name and isinstance(v, torch.Tensor):
                 values[name] = v.detach()
     return values
+
+
+def _trace_reference(model, in_name, x, path) -> dict:
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        res = ReferenceEvaluator(model).run(None, {in_name: x.numpy()}, intermediate=True)
+    except Exception as e:
+        raise BadModelError(f"{path}: the model does not run on a {list(x.shape[1:])} input: "
+                            f"{_one_line(e)}") from None
+    return {k: torch.from_numpy(np.array(v)) for k, v in res.items() if k and isinstance(v, (np.ndarray, np.generic))}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,8 +369,10 @@ class _Lowering:
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _unsupported(self, onode, name, why=""):
-        op = f"{onode.op_type} {why}".strip()
-        raise UnsupportedOpError(op, name, supported=SUPPORTED_OPS)
+        err = UnsupportedOpError(onode.op_type, name, supported=SUPPORTED_OPS)
+        if why:  # keep ``err.op`` the bare op type; say in the message which variant is not handled
+            err.args = (str(err).replace(f"op {onode.op_type} (", f"op {onode.op_type} {why} (", 1),)
+        raise err
 
     def _emit(self, node, inputs, name) -> str:
         key = _key(name, self.taken)
