@@ -18,6 +18,8 @@ from .ops import rule_for
 from .relu import relax
 
 NONLINEAR = (N.ReLU, N.Sigmoid, N.Tanh, N.MaxPool2d)
+#: Largest coefficient tensor (elements) seen by any backward pass; the speed benchmark reads and resets it.
+STATS = {"max_coeff_elems": 0}
 
 
 @dataclass
@@ -71,6 +73,7 @@ def backward_pass(graph, start: str, A: torch.Tensor, bounds: dict, shapes: dict
         if key not in coeffs:
             continue
         A_out = coeffs.pop(key)
+        STATS["max_coeff_elems"] = max(STATS["max_coeff_elems"], A_out.numel())
         node, in_keys = graph.nodes[key], graph.edges[key]
         ctx.key = key
         in_bounds = [bounds.get(k) for k in in_keys] if isinstance(node, NONLINEAR) else None
