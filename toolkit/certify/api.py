@@ -8,7 +8,7 @@ from toolkit.errors import BadModelError
 from toolkit.report import check_out
 
 from .checks import check_eps, order_methods, resolve_device
-from .core import CertifyResult, certify
+from .core import CertifyResult, _as_list, certify
 
 
 def sha256_file(path) -> str:
@@ -29,7 +29,7 @@ def certify_model(model, data, eps=None, methods=("crown-ibp",), *, data_root=No
 
     order_methods(methods)
     if eps is not None:
-        check_eps(eps if isinstance(eps, (list, tuple)) else [eps], None)
+        check_eps(_as_list(eps), None)
     resolve_device(kw.get("device", "cpu"))
     if out is not None:
         check_out(out, {})

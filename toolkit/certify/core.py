@@ -91,7 +91,9 @@ def _plans(data, eps, clip, model_name, base: dict, notes: list) -> list:
             notes.append("the data gives a per-sample input box (lo/hi); it replaces --eps and the clip")
         return [RunPlan(f"{safe}_box", "box", float("nan"), dict(base, clip=None))]
     if eps is not None:
-        eps_list = check_eps(eps if isinstance(eps, (list, tuple)) else [eps], clip)
+        if data.eps is not None:
+            notes.append("--eps given: the data's per-sample eps is not used")
+        eps_list = check_eps(_as_list(eps), clip)
         check_inside_clip(data.x, torch.tensor(min(eps_list)), clip)
         return [RunPlan(f"{safe}_eps{e:g}", "eps-ball", e, dict(base)) for e in eps_list]
     if data.eps is not None:
@@ -103,6 +105,11 @@ def _plans(data, eps, clip, model_name, base: dict, notes: list) -> list:
         check_inside_clip(data.x, e, clip)
         return [RunPlan(f"{safe}_eps-data", "per-sample-eps", float("nan"), dict(base))]
     raise BadInputError("give --eps: the data has neither a per-sample eps nor an input box")
+
+
+def _as_list(eps) -> list:
+    """One ε or a sweep (list, tuple, array) → list."""
+    return [eps] if np.ndim(eps) == 0 else list(np.asarray(eps, dtype=object).reshape(-1))
 
 
 def _sample_seeds(seed: int, index) -> list:

@@ -12,8 +12,9 @@ DESCRIPTION = """Certify an ONNX classifier under l-inf balls on a dataset.
 For every sample: the clean prediction, a PGD attack (margin loss over the same spec as the bounds, random
 start, kept inside ball ∩ valid box), and for each bound method the certified flag and margin lower bounds.
 Methods run cheapest first (ibp, crown-ibp, fastlin, crown, alpha-crown); a sample certified by a cheaper
-method or broken by PGD is not recomputed by the dearer ones. A sample certified yet broken by PGD stops
-the run (a soundness bug). --eps 0.1,0.2 is a sweep: one run per ε. An .npz with per-sample lo/hi boxes
+method or broken by PGD is not recomputed by the dearer ones (the cheapest runs on every sample, so that its
+certificates are all checked against PGD). A sample certified yet broken by PGD, or a lower bound above a
+value attained in the input set, stops the run (a soundness bug). --eps 0.1,0.2 is a sweep: one run per ε. An .npz with per-sample lo/hi boxes
 (e.g. ../shared/models/*/points.npz) is certified over those boxes instead of ε-balls.
 
 The report (--out) is written as OUT.partial while running and renamed to OUT when every run finished;
@@ -80,24 +81,36 @@ def check_format(fmt):
 
 
 def run(args):
+    import os
     import sys
 
-    from toolkit.certify import certify_model
     from toolkit.errors import BadInputError
 
     check_format(args.format)
     if (args.mean is None) != (args.std is None):
         raise BadInputError("--mean and --std go together")
     clip = None if args.no_clip else (tuple(args.clip) if args.clip else "model")
-    res = certify_model(args.model, args.data, args.eps, args.method, data_root=args.data_root,
-                        split=args.split, n=args.n, indices=args.indices, mean=args.mean, std=args.std,
-                        out=args.out, clip=clip, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                        pgd_step_size=args.pgd_step_size, batch_size=args.batch_size, device=args.device,
-                        seed=args.seed, method_opts={"alpha_iters": args.alpha_iters},
-                        progress=False if args.no_progress else None)
+    try:
+        res = _certify(args, clip)
+    except KeyboardInterrupt:
+        if args.out and os.path.exists(args.out + ".partial"):
+            print(f"{NAME}: partial results kept in {args.out}.partial; run the same command again to resume",
+                  file=sys.stderr)
+        raise
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     print(res.table(args.format))
     if res.out is not None:
         print(f"\nreport: {res.out}")
     return 0
+
+
+def _certify(args, clip):
+    from toolkit.certify import certify_model
+
+    return certify_model(args.model, args.data, args.eps, args.method, data_root=args.data_root,
+                         split=args.split, n=args.n, indices=args.indices, mean=args.mean, std=args.std,
+                         out=args.out, clip=clip, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                         pgd_step_size=args.pgd_step_size, batch_size=args.batch_size, device=args.device,
+                         seed=args.seed, method_opts={"alpha_iters": args.alpha_iters},
+                         progress=False if args.no_progress else None)

@@ -7,7 +7,8 @@ Layout (format ``tightcert-report``, version 1)::
     /runs/<NAME>                 one group per run = one model × one input set (an ε of a sweep, or the
                                  per-sample boxes/radii of the data); NAME = "<model>_eps<ε>" | "<model>_box"
                                  | "<model>_eps-data"
-        attrs (settings):  name, model, model_path, model_sha256, data, data_source, split, n, eps
+        attrs (settings):  name, model, model_path, model_sha256, data, data_source, split, n,
+                           index_digest (sha1 prefix of the selected sample indices), eps
                            (NaN unless an ε-ball), input_set ("eps-ball" | "per-sample-eps" | "box"),
                            clip (JSON [lo, hi] or null), mean, std (JSON or null), methods (JSON list, in
                            the order they ran: cheapest first), method_opts (JSON), seed, pgd_steps,
@@ -17,13 +18,15 @@ Layout (format ``tightcert-report``, version 1)::
                            time_clean, time_pgd (s), time_bounds (M floats, per method),
                            n_bounds (M ints: samples each method actually ran on)
         attrs (summary, in %; written when the run finishes): clean_err, pgd_err,
-                           certified_err (M floats, per method, cumulative over the cascade)
+                           certified_err (M floats, per method, cumulative over the cascade; a sample
+                           counts as certified only if it is also clean_correct)
         index          (N,)  int64    sample's index in its source set
         label          (N,)  int64
         eps            (N,)  float32  radius used (NaN for a per-sample box)
         clean_pred     (N,)  int64    argmax of the logits at the clean input
         clean_correct  (N,)  bool
-        pgd_margin     (N,)  float32  smallest worst-spec margin min_j (f_y - f_j) PGD found in the set
+        pgd_margin     (N,)  float32  min_j (f_y - f_j) at the best point PGD found in the input set
+                                      (an attained value; the attack stops once it is < 0)
         pgd_correct    (N,)  bool     clean_correct and pgd_margin > 0
         certified/<method>        (N,)   bool    certified by this method or a cheaper one before it
         bounds_computed/<method>  (N,)   bool    this method's bounds were computed for the sample
@@ -66,8 +69,8 @@ COLUMNS = {"index": np.int64, "label": np.int64, "eps": np.float32, "clean_pred"
 #: Per-method groups (name -> dtype); margin_lb rows are (K,).
 METHOD_COLUMNS = {"certified": np.bool_, "bounds_computed": np.bool_, "margin_lb": np.float32}
 #: Settings that change results: a resumed run must match them exactly.
-RESULT_SETTINGS = ("model_sha256", "data", "split", "n", "eps", "input_set", "clip", "mean", "std",
-                   "methods", "method_opts", "seed", "pgd_steps", "pgd_restarts", "pgd_step_size",
+RESULT_SETTINGS = ("model_sha256", "data", "split", "n", "index_digest", "eps", "input_set", "clip", "mean",
+                   "std", "methods", "method_opts", "seed", "pgd_steps", "pgd_restarts", "pgd_step_size",
                    "n_classes")
 
 
@@ -139,7 +142,10 @@ def check_out(out, runs: dict) -> None:
 def _check_compatible(path: Path, runs: dict) -> None:
     if not os.access(path, os.R_OK | os.W_OK):
         raise BadInputError(f"cannot write --out: {path} exists and is not writable")
-    rep = read_report(path)
+    try:
+        rep = read_report(path)
+    except BadDataError as e:
+        raise BadInputError(f"cannot add to {path}: {e}; choose another --out or remove the file") from None
     for name, settings in runs.items():
         old = next((r for r in rep.runs if r.name == name), None)
         if old is None:
