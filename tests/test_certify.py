@@ -204,12 +204,13 @@ def test_shared_models_never_certify_sat(model_dir):
     normalisation lives outside the graph), so the model is imported as is, without --mean/--std."""
     pts = np.load(model_dir / "points.npz")
     onnx_file = next(model_dir.glob("*.onnx"))
+    truth = pts["truth"].astype(str)
     mlp = "Conv" not in (model_dir / "info.json").read_text()
-    methods = ["ibp", "crown-ibp"] + (["crown"] if mlp else [])  # CROWN on convs is too slow for make test
+    # CROWN only where it is cheap (no conv) and a sat spec can catch it: keeps make test fast
+    methods = ["ibp", "crown-ibp"] + (["crown"] if mlp and (truth == "sat").any() else [])
     res = certify_model(onnx_file, str(model_dir / "points.npz"), None, methods, pgd_steps=20 if mlp else 10,
                         batch_size=16)
     run, = res.runs
-    truth = pts["truth"].astype(str)
     assert run.data["clean_correct"].all()  # every staged centre is classified as its label
     for m in methods:
         cert = run.data["certified"][m]
