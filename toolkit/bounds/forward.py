@@ -52,17 +52,6 @@ def _linear_part(node, P: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, k, *out.shape[1:])
 
 
-def _estimate(c, P):
-    """(l, u) = c ∓ median_k |P| (the ℓ1 estimate of §8)."""
-    radius = P.abs().median(dim=1).values
-    return c - radius, c + radius
-
-
-def _exact(c, G):
-    radius = G.abs().sum(1)
-    return c - radius, c + radius
-
-
 def _pad_cols(G, m):
     if G.shape[1] == m:
         return G
@@ -82,6 +71,27 @@ def _relu_generators(l, u, G, k, generator):
     return slope, half, new.reshape(n, cols.numel(), *l.shape[1:])
 
 
+class _Form:
+    """c + G·e. In exact mode the input block starts shared across the batch: G (1, d, ...) with a
+    per-sample column scale (N, d) (true G[n] = G[0]·diag(scale[n])), so the first affine layers run
+    once on the identity instead of once per sample; it is materialised at the first ReLU."""
+
+    def __init__(self, c, G, scale=None):
+        self.c, self.G, self.scale = c, G, scale
+
+    def full(self):
+        if self.scale is None:
+            return self.G
+        n, d = self.scale.shape
+        return self.G * self.scale.reshape(n, d, *([1] * (self.G.dim() - 2)))
+
+    def radius(self, k):
+        if self.scale is not None:  # Σ_j |G_j| rad_j as one matrix product
+            d = self.G.shape[1]
+            return (self.scale @ self.G.abs().reshape(d, -1)).reshape(self.c.shape)
+        return self.G.abs().median(dim=1).values if k is not None else self.G.abs().sum(1)
+
+
 def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=None) -> dict:
     """Fast-Lin bounds for the ``needed`` node keys (inputs of ReLUs): exact when ``k`` is None, else
     estimated with k Cauchy projections (not sound)."""
@@ -90,23 +100,32 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
     rad = (hi - lo) / 2
     if k is None:
         d = rad[0].numel()
-        G0 = torch.diag_embed(rad.reshape(n, d)).reshape(n, d, *lo.shape[1:])
+        eye = torch.eye(d, dtype=lo.dtype, device=lo.device).reshape(1, d, *lo.shape[1:])
+        first = _Form((hi + lo) / 2, eye, rad.reshape(n, d))
     else:
-        G0 = rad.unsqueeze(1) * cauchy((n, k, *lo.shape[1:]), lo, generator)
-    forms = {INPUT: ((hi + lo) / 2, G0)}
+        first = _Form((hi + lo) / 2, rad.unsqueeze(1) * cauchy((n, k, *lo.shape[1:]), lo, generator))
+    forms = {INPUT: first}
     bounds = {INPUT: (lo, hi)}
     needed = set(needed)
-    width = G0.shape[1]
-    for key in graph.order:
+    width = first.G.shape[1]
+    last_use = {i: max(graph.order.index(c) for c in graph.order if i in graph.edges[c])
+                for i in [INPUT, *graph.order] if any(i in graph.edges[c] for c in graph.order)}
+    last_needed = max((graph.order.index(k) for k in needed), default=-1)
+    for pos, key in enumerate(graph.order[:last_needed + 1]):  # nothing after the last needed node
         node = graph.nodes[key]
         ins = [forms[i] for i in graph.edges[key]]
         if isinstance(node, N.Add):
-            (ca, Ga), (cb, Gb) = ins
-            m = max(Ga.shape[1], Gb.shape[1])
-            forms[key] = (ca + cb, _pad_cols(Ga, m) + _pad_cols(Gb, m))
+            a, b = ins
+            if a.scale is not None and a.scale is b.scale:
+                forms[key] = _Form(a.c + b.c, a.G + b.G, a.scale)
+            else:
+                Ga, Gb = a.full(), b.full()
+                m = max(Ga.shape[1], Gb.shape[1])
+                forms[key] = _Form(a.c + b.c, _pad_cols(Ga, m) + _pad_cols(Gb, m))
         elif isinstance(node, N.ReLU):
-            c, G = ins[0]
+            f = ins[0]
             l, u = bounds[graph.edges[key][0]]
+            G = f.full()
             slope, half, new = _relu_generators(l, u, G, k, generator)
             G = slope.unsqueeze(1) * G
             if k is None:
@@ -114,22 +133,19 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
                 width = G.shape[1]
             else:
                 G = G + new
-            forms[key] = (slope * c + half, G)
+            forms[key] = _Form(slope * f.c + half, G)
         elif node.affine:
-            c, G = ins[0]
-            forms[key] = (node(c), _linear_part(node, G))
+            f = ins[0]
+            forms[key] = _Form(node(f.c), _linear_part(node, f.G), f.scale)
         else:
             raise UnsupportedOpError(node.op, node.onnx_name, method="fastlin (forward)" if k is None else "cp-proj")
         if key in needed:
-            bounds[key] = (_exact if k is None else _estimate)(*forms[key])
+            r = forms[key].radius(k)
+            bounds[key] = (forms[key].c - r, forms[key].c + r)
         for i in graph.edges[key]:  # free forms no later node reads
-            if all(graph.order.index(c) <= graph.order.index(key) for c in _consumers(graph, i)):
+            if last_use.get(i, -1) <= pos:
                 forms.pop(i, None)
     return bounds
-
-
-def _consumers(graph, key):
-    return [k for k in graph.order if key in graph.edges[k]]
 
 
 def projected_bounds(graph, inp, shapes, needed, k: int = 50, generator=None) -> dict:
