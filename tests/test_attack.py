@@ -1,5 +1,4 @@
 """PGD: finds known minima, never leaves the box, reproducible under a seed."""
-import itertools
 
 import pytest
 import torch

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_certify import X, Y, cli, tiny_data, tiny_graph, tiny_files  # noqa: F401 (fixture)
+from test_certify import cli, tiny_data, tiny_graph
 from toolkit.certify import certify
 from toolkit.errors import BadDataError, BadInputError
 from toolkit.report import format_table, partial_path, read_report

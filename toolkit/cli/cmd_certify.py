@@ -14,8 +14,10 @@ start, kept inside ball ∩ valid box), and for each bound method the certified 
 Methods run cheapest first (ibp, crown-ibp, fastlin, crown, alpha-crown); a sample certified by a cheaper
 method or broken by PGD is not recomputed by the dearer ones (the cheapest runs on every sample, so that its
 certificates are all checked against PGD). A sample certified yet broken by PGD, or a lower bound above a
-value attained in the input set, stops the run (a soundness bug). --eps 0.1,0.2 is a sweep: one run per ε. An .npz with per-sample lo/hi boxes
-(e.g. ../shared/models/*/points.npz) is certified over those boxes instead of ε-balls.
+value attained in the input set, stops the run (a soundness bug).
+
+--eps 0.1,0.2 is a sweep: one run per ε. An .npz with per-sample lo/hi boxes (e.g.
+../shared/models/*/points.npz) is certified over those boxes instead of ε-balls.
 
 The report (--out) is written as OUT.partial while running and renamed to OUT when every run finished;
 running the same command again resumes an interrupted run without recomputing finished samples."""
