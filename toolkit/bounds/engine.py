@@ -120,10 +120,11 @@ def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_EL
             # only the neurons IBP leaves unstable (in any sample) get a backward pass.
             l_ibp, u_ibp = (b.reshape(b.shape[0], -1) for b in ibp[key])
             only = ((l_ibp < 0) & (u_ibp > 0)).any(0).nonzero().flatten()
-            lo_u, up_u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems, only)
             l, u = l_ibp.clone(), u_ibp.clone()
-            l[:, only] = torch.maximum(lo_u, l_ibp[:, only])
-            u[:, only] = torch.minimum(up_u, u_ibp[:, only])
+            if only.numel():
+                lo_u, up_u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems, only)
+                l[:, only] = torch.maximum(lo_u, l_ibp[:, only])
+                u[:, only] = torch.minimum(up_u, u_ibp[:, only])
         else:
             l, u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems)
         bounds[key] = (l.reshape(-1, *shape), u.reshape(-1, *shape))
