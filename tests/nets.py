@@ -65,3 +65,87 @@ EXAMPLES = {
     "G": (lambda: mlp(([[1], [1]], None), ([[-1, 0]], None)), [0.0], 1.0),
     "H": (lambda: mlp(([[1], [1]], [1, 0.5]), ([[1, -1]], None)), [0.5], 0.5),
 }
+
+
+# --- builders for the soundness suites (test_bounds_soundness / _lp / _convex_adversarial) -----------------
+
+def _rand(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    return lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+
+
+def random_pool_net(seed=0, dtype=torch.float64):
+    """ReLU net over every affine IR op: Normalize, Conv2d, BatchNorm (2-D and 1-D), Pad with a non-zero
+    value, AvgPool (overlapping, padded, count_include_pad=False), Transpose, Reshape. Input (2, 6, 5)."""
+    from toolkit.ir import AvgPool2d, BatchNorm, Pad, Reshape, Transpose
+
+    r = _rand(seed, dtype)
+    pos = lambda *s: r(*s).abs() + 0.5
+    nodes = [
+        Normalize(pos(2, 1, 1), r(2, 1, 1) * 0.2),
+        Conv2d(r(3, 2, 3, 3) * 0.5, r(3) * 0.1, stride=1, padding=1),            # (3, 6, 5)
+        BatchNorm(r(3) * 0.1, pos(3), r(3), r(3) * 0.1),
+        ReLU(),
+        Pad((1, 0, 0, 1), value=0.5),                                             # (3, 7, 6)
+        AvgPool2d(3, stride=2, padding=1, count_include_pad=False),               # (3, 4, 3)
+        Transpose((1, 2, 0)),                                                     # (4, 3, 3)
+        Conv2d(r(4, 4, 2, 2) * 0.5, r(4) * 0.1),                                  # (4, 2, 2)
+        ReLU(),
+        Reshape((16,)),
+        Linear(r(8, 16) / 4, r(8) * 0.1),
+        BatchNorm(r(8) * 0.1, pos(8), r(8), r(8) * 0.1),
+        ReLU(),
+        Linear(r(5, 8) / 8 ** 0.5, r(5) * 0.1),
+    ]
+    return Graph.sequential(nodes, (2, 6, 5))
+
+
+def random_smooth_net(seed=0, dtype=torch.float64):
+    """Net with the ops whose relaxations are not ReLU lines: MaxPool (overlapping, padded), Sigmoid, Tanh.
+    Input (1, 6, 6)."""
+    from toolkit.ir import MaxPool2d, Sigmoid, Tanh
+
+    r = _rand(seed, dtype)
+    nodes = [
+        Conv2d(r(3, 1, 3, 3) * 0.6, r(3) * 0.1, padding=1),                      # (3, 6, 6)
+        ReLU(),
+        MaxPool2d(3, stride=2, padding=1),                                        # (3, 3, 3)
+        Conv2d(r(4, 3, 2, 2) * 0.5, r(4) * 0.1),                                  # (4, 2, 2)
+        Sigmoid(),
+        Flatten(),
+        Linear(r(8, 16) / 2, r(8) * 0.1),
+        Tanh(),
+        Linear(r(6, 8) / 8 ** 0.5 * 2, r(6) * 0.1),
+        ReLU(),
+        Linear(r(4, 6) / 6 ** 0.5, r(4) * 0.1),
+    ]
+    return Graph.sequential(nodes, (1, 6, 6))
+
+
+def wong_conv(seed=0, dtype=torch.float64, residual=False, channels=1, size=8, k=5):
+    """Wong & Kolter style conv net (kernel 4, stride 2, padding 1: the transposed conv recovers the input
+    size exactly, which convex_adversarial assumes). With ``residual`` a block relu1 + conv3(relu(conv2(.)))
+    as in their ResNets (``Dense(nn.Sequential(), None, conv3)``). Keys are fixed for the converters."""
+    r = _rand(seed, dtype)
+    nodes, prev = [], "input"
+
+    def add(key, node, *inputs):
+        nodes.append((key, node, inputs or (prev,)))
+        return key
+
+    prev = add("conv1", Conv2d(r(4, channels, 4, 4) * 0.3, r(4) * 0.1, stride=2, padding=1))
+    prev = add("relu1", ReLU())
+    if residual:
+        a = add("conv2", Conv2d(r(4, 4, 3, 3) * 0.25, r(4) * 0.1, padding=1))
+        a = add("relu2", ReLU(), a)
+        a = add("conv3", Conv2d(r(4, 4, 3, 3) * 0.25, r(4) * 0.1, padding=1), a)
+        prev = add("add", Add(), "relu1", a)
+        prev = add("relu3", ReLU())
+    prev = add("conv4", Conv2d(r(6, 4, 4, 4) * 0.3, r(6) * 0.1, stride=2, padding=1))
+    prev = add("relu4", ReLU())
+    prev = add("flat", Flatten())
+    h = size // 4
+    prev = add("fc1", Linear(r(12, 6 * h * h) / (6 * h * h) ** 0.5, r(12) * 0.1))
+    prev = add("relu_fc", ReLU())
+    prev = add("fc2", Linear(r(k, 12) / 12 ** 0.5, r(k) * 0.1))
+    return Graph(nodes, prev, InputSpec((channels, size, size)))

@@ -1,0 +1,104 @@
+"""``fastlin`` equals Wong & Kolter's dual bound (convex_adversarial 0.4.4, ``DualNetwork``) to 1e-5.
+
+Both compute the same LP dual with parallel ReLU lines (slope u/(u−l)) and the same layer-by-layer
+intermediate bounds, so on the same net they must agree up to rounding, on MLPs, conv nets (kernel 4,
+stride 2, padding 1: convex_adversarial's transposed conv assumes the input size is recovered without
+output padding) and a residual block (its ``DenseSequential``/``Dense`` skip connections), with and without
+the [0, 1] input box (``bounded_input``).
+
+Sign convention (convex_adversarial/dual_network.py): ``DualNetwork(net, X, eps)(c)`` returns the dual
+objective for c, which is a LOWER bound on c·f(x') over the ball; ``RobustBounds`` uses ``-dual(c)`` with
+c = e_y − e_j as upper bounds on f_j − f_y. So ``dual(C)`` compares directly with ``compute_bounds(...).lower``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nets import random_mlp, wong_conv
+from toolkit.bounds import compute_bounds
+from toolkit.ir import nodes as N
+from toolkit.spec import InputSet, margin_spec
+
+ca = pytest.importorskip("convex_adversarial", reason="convex_adversarial (a test dependency) is not installed")
+from convex_adversarial.utils import Dense, DenseSequential  # noqa: E402
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)   # tiny nets: see test_bounds_soundness
+    yield
+
+
+def torch_module(node):
+    """The nn layer convex_adversarial understands for one of our affine / ReLU / Flatten nodes."""
+    if isinstance(node, N.Linear):
+        m = nn.Linear(node.weight.shape[1], node.weight.shape[0])
+    elif isinstance(node, N.Conv2d):
+        o, i, kh, kw = node.weight.shape
+        assert node.groups == 1 and node.dilation == (1, 1)
+        m = nn.Conv2d(i, o, (kh, kw), stride=node.stride, padding=node.padding)
+    elif isinstance(node, N.ReLU):
+        return nn.ReLU()
+    elif isinstance(node, N.Flatten):
+        return nn.Flatten()   # convex_adversarial recognises any class whose name contains "Flatten"
+    else:
+        raise AssertionError(f"no convex_adversarial layer for {node.op}")
+    m = m.to(DT)
+    with torch.no_grad():
+        m.weight.copy_(node.weight)
+        m.bias.copy_(node.bias)
+    return m
+
+
+def to_sequential(graph):
+    """A chain graph → nn.Sequential; ``wong_conv(residual=True)`` → DenseSequential with the skip as
+    ``Dense(nn.Sequential(), None, conv3)`` (identity on relu1's output + conv3 on relu2's), their idiom."""
+    if "add" not in graph.nodes:
+        return nn.Sequential(*[torch_module(node) for _, node, _ in graph])
+    m = lambda k: torch_module(graph.nodes[k])
+    assert graph.edges["add"] == ("relu1", "conv3")
+    layers = [m("conv1"), nn.ReLU(), Dense(m("conv2")), nn.ReLU(), Dense(nn.Sequential(), None, m("conv3")),
+              nn.ReLU(), m("conv4"), nn.ReLU(), nn.Flatten(), m("fc1"), nn.ReLU(), m("fc2")]
+    return DenseSequential(*layers)
+
+
+NETS = {
+    "mlp": lambda: random_mlp([6, 10, 10, 10, 4], seed=41, scale=1.5),
+    "mlp_wide": lambda: random_mlp([12, 20, 16, 5], seed=42, scale=1.2),
+    "conv": lambda: wong_conv(seed=43, channels=2),
+    "conv_residual": lambda: wong_conv(seed=44, residual=True),
+}
+
+
+def test_converted_nets_compute_the_same_function():
+    for name, build in NETS.items():
+        g = build()
+        x = torch.rand(3, *g.input_spec.shape, dtype=DT)
+        with torch.no_grad():
+            assert torch.allclose(to_sequential(g)(x), g(x), atol=1e-12), name
+
+
+@pytest.mark.parametrize("box", (False, True), ids=("nobox", "box"))
+@pytest.mark.parametrize("eps", (0.01, 0.05, 0.2))
+@pytest.mark.parametrize("net", list(NETS))
+def test_fastlin_equals_wong_kolter_dual(net, eps, box):
+    g = NETS[net]()
+    gen = torch.Generator().manual_seed(int(eps * 1000) + box)
+    n = 4
+    x = torch.rand(n, *g.input_spec.shape, generator=gen, dtype=DT)
+    k = g.output_size()
+    with torch.no_grad():
+        labels = g(x).argmax(1)
+    C = torch.cat([margin_spec(labels, k, dtype=DT), torch.randn(n, 2, k, generator=gen, dtype=DT)], 1)
+    ours = compute_bounds(g, InputSet.from_eps(x, eps, clip=(0.0, 1.0) if box else None), C, "fastlin")
+    with torch.no_grad():
+        dual = ca.DualNetwork(to_sequential(g), x, eps, bounded_input=box)
+        theirs = dual(C)
+        unstable = sum(int(l.I.sum()) for l in dual.dual_net if isinstance(l, ca.dual_layers.DualReLU))
+    assert unstable > 0, "no unstable ReLU: the comparison would not exercise the relaxation"
+    diff = (ours.lower.detach() - theirs).abs().max().item()
+    assert diff <= 1e-5, f"fastlin differs from convex_adversarial's dual by {diff:.3g}"
