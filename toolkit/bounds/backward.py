@@ -41,7 +41,10 @@ class BackwardContext:
     def relaxation(self, node, l, u):
         rel = relax(l, u, self.slope_rule)
         if self.alphas is not None and self.key in self.alphas:
-            alpha = self.alphas[self.key].clamp(0, 1)
+            a = self.alphas[self.key]
+            # Value clamped to [0, 1] (any such slope is a valid lower line), gradient passed straight
+            # through: CROWN's starting slopes sit exactly on 0 or 1, where clamp's gradient is 0.
+            alpha = a + (a.clamp(0, 1) - a).detach()
             active = (l >= 0).to(u.dtype).unsqueeze(1)
             rel.lower_slope = torch.where(rel.unstable.unsqueeze(1), alpha, active)
         return rel
