@@ -1,0 +1,308 @@
+"""Certified training: the Eq. 4 loss on the spec's worked examples, gradients, resume, the CLI end to end,
+and the bad-input errors (nothing written)."""
+import math
+from pathlib import Path
+
+import h5py
+import json
+import numpy as np
+import pytest
+import torch
+
+from nets import EXAMPLES, mlp, random_mlp
+from toolkit.cli import main
+from toolkit.errors import BadInputError
+from toolkit.ir import Flatten, Graph, Linear, ReLU, Sigmoid
+from toolkit.train import (BetaSchedule, CPLoss, CrownIBPLoss, EpsSchedule, IBPLoss, RegConfig, finetune,
+                           make_loss, train)
+
+DT = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_torch_threads):
+    """These tests run many small ops: on a shared 2-core machine one thread is several times faster than two
+    (no spinning on a busy sibling core). Runs after conftest's thread fixture and restores its setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def no_box(g):
+    g.input_spec.value_range = None  # the spec's examples have no data box unless stated
+    return g
+
+
+def beta(final):
+    return BetaSchedule(EpsSchedule(1.0, steps_per_epoch=1), final=final)
+
+
+def two_class(name):
+    """Example ``name`` (one 'margin' output c) as a 2-class net: logits (c, 0), label 0 ⇒ margin c."""
+    build, x, eps = EXAMPLES[name]
+    g = build()
+    last = g.nodes[g.output]
+    W = torch.cat([last.weight.detach(), torch.zeros_like(last.weight)])
+    b = torch.cat([last.bias.detach(), torch.zeros_like(last.bias)])
+    layers = [g.nodes[k] for k in g.order[:-1]] + [Linear(W, b)]
+    g2 = Graph.sequential(layers, g.input_spec.shape, layout="flat", value_range=None)
+    return g2, torch.tensor([x], dtype=DT), torch.tensor([0]), eps
+
+
+# -- Eq. 4 on the worked examples ------------------------------------------------------------------------------
+
+def test_example_F_objective():
+    """§11.7: p* = (0, −1.75, −0.875), CE 2.214134, Σd 2.625, Σr 6; λ=0.5, γ=0.1 → 4.126634."""
+    g = no_box(mlp(([[1, 1], [1, -1]], None), ([[1, 0], [0, 1], [0.5, 0.5]], None)))
+    x, y = torch.tensor([[0.5, 0.5]], dtype=DT), torch.tensor([0])
+    parts = CPLoss(RegConfig(lam=0.5, gamma=0.1))(g, x, y, 1.0, 0)
+    assert parts.ce == pytest.approx(math.log(1 + math.exp(1.75) + math.exp(0.875)), abs=1e-12)
+    assert parts.ce == pytest.approx(2.214134, abs=1e-6)
+    assert parts.d == pytest.approx(2.625, abs=1e-12) and parts.r == pytest.approx(6.0, abs=1e-12)
+    assert parts.loss.item() == pytest.approx(4.126634, abs=1e-6)
+    assert parts.robust_err == 1.0
+    mean = CPLoss(RegConfig(lam=0.5, gamma=0.1, aggregate="mean"))(g, x, y, 1.0, 0)
+    assert (mean.d, mean.r) == (pytest.approx(1.3125), pytest.approx(3.0))
+
+
+@pytest.mark.parametrize("name,p,d,r", [("E", -7.0, 3.0, 4.0), ("A", -1.75, 1.75, 3.0), ("B", -1.0, 0.0, 0.0),
+                                        ("G", -1.0, 0.0, 1.0)])
+def test_cp_loss_on_examples(name, p, d, r):
+    g, x, y, eps = two_class(name)
+    parts = CPLoss(RegConfig(lam=1.0, gamma=1.0))(g, x, y, eps, 0)
+    assert parts.ce == pytest.approx(math.log1p(math.exp(-p)), abs=1e-12)
+    assert parts.d == pytest.approx(d, abs=1e-12) and parts.r == pytest.approx(r, abs=1e-12)
+    assert parts.loss.item() == pytest.approx(math.log1p(math.exp(-p)) + d + r, abs=1e-12)
+
+
+def test_cp_loss_example_A_with_box():
+    g, x, y, eps = two_class("A")
+    g.input_spec.value_range = (0.0, 1.0)
+    parts = CPLoss(RegConfig(lam=1.0, gamma=1.0))(g, x, y, eps, 0)
+    assert (parts.d, parts.r) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert parts.ce == pytest.approx(math.log1p(math.exp(0.5)))
+
+
+def test_crown_ibp_loss_example_E_and_beta_mixing():
+    """§11.6: CROWN-IBP p = −36/7, d = 36/7 − 4, r = 2.5; IBP −4. β mixes the bounds, not r (U7 default)."""
+    g, x, y, eps = two_class("E")
+    full = CrownIBPLoss(beta(1.0), RegConfig(lam=1.0, gamma=1.0))(g, x, y, eps, 0)
+    assert full.ce == pytest.approx(math.log1p(math.exp(36 / 7)), abs=1e-12)
+    assert (full.d, full.r) == (pytest.approx(36 / 7 - 4, abs=1e-12), pytest.approx(2.5, abs=1e-12))
+    half = CrownIBPLoss(beta(0.5), RegConfig(gamma=1.0))(g, x, y, eps, 0)  # β = 0.5 at ε = ε_max
+    assert half.beta == 0.5
+    assert half.ce == pytest.approx(math.log1p(math.exp(0.5 * 36 / 7 + 0.5 * 4)), abs=1e-12)
+    assert half.loss.item() == pytest.approx(half.ce + 2.5, abs=1e-12)
+    weighted = CrownIBPLoss(beta(0.5), RegConfig(gamma=1.0), r_coupling="beta-weighted")(g, x, y, eps, 0)
+    assert weighted.loss.item() == pytest.approx(half.ce + 0.5 * 2.5, abs=1e-12)
+    ibp_only = CrownIBPLoss(beta(0.0), RegConfig(gamma=1.0))(g, x, y, eps, 0)  # β = 0: no CROWN pass, no r
+    assert ibp_only.ce == pytest.approx(math.log1p(math.exp(4.0))) and math.isnan(ibp_only.r)
+    always = CrownIBPLoss(beta(0.0), RegConfig(gamma=1.0), r_coupling="always")(g, x, y, eps, 0)
+    assert always.ce == pytest.approx(ibp_only.ce) and always.r == pytest.approx(2.5)
+
+
+def test_regularizers_vanish_without_unstable_neurons():
+    g, x, y, eps = two_class("H")  # both hidden neurons stably active
+    for loss in (CPLoss(RegConfig(lam=1.0, gamma=1.0)), CrownIBPLoss(beta(1.0), RegConfig(lam=1.0, gamma=1.0))):
+        parts = loss(g, x, y, eps, 0)
+        assert parts.d == 0.0 and parts.r == 0.0
+    net = random_mlp([6, 8, 8, 4], seed=3)
+    xs, ys = torch.rand(5, 6, dtype=DT, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0])
+    parts = CPLoss(RegConfig(lam=1.0, gamma=1.0))(net, xs, ys, 0.0, 0)  # ε = 0: l = u, nothing unstable
+    assert parts.d == pytest.approx(0.0, abs=1e-12) and parts.r == 0.0  # d: two roundings of one value
+
+
+def test_ibp_has_no_regularizers():
+    with pytest.raises(BadInputError, match="not defined for --method ibp"):
+        make_loss("ibp", gamma=0.1)
+    with pytest.raises(BadInputError, match="not defined"):
+        IBPLoss(RegConfig(lam=0.1))
+    with pytest.raises(BadInputError, match=">= 0"):
+        RegConfig(lam=-1.0)
+
+
+# -- gradients -----------------------------------------------------------------------------------------------
+
+def _loss_of_params(graph, loss_fn, x, y, eps):
+    names = [n for n, _ in graph.named_parameters()]
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = graph
+
+        def forward(self, x, y):
+            return loss_fn(self.g, x, y, eps, 0).loss
+
+    wrap = Wrap()
+    return lambda *ps: torch.func.functional_call(wrap, {f"g.{n}": p for n, p in zip(names, ps)}, (x, y))
+
+
+@pytest.mark.parametrize("kind", ["cp", "crown-ibp"])
+def test_gradcheck_loss(kind):
+    """Eq. 4's gradient (masks, line choices and δ*₀ are constants) against finite differences, float64.
+    ε = 0.08 leaves several neurons unstable with every bound far (> 1e-3) from 0, so a 1e-6 perturbation
+    flips no mask."""
+    g = random_mlp([5, 6, 6, 3], seed=1)
+    g.input_spec.value_range = None
+    x = torch.rand(3, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2])
+    reg = RegConfig(lam=0.7, gamma=0.3)
+    loss_fn = CPLoss(reg) if kind == "cp" else CrownIBPLoss(beta(0.5), reg)
+    parts = loss_fn(g, x, y, 0.08, 0)
+    assert parts.d > 0 and parts.r > 0  # the regularizers take part in the check
+    from toolkit.bounds import compute_bounds
+    from toolkit.spec import InputSet
+
+    res = compute_bounds(g, InputSet.from_eps(x, 0.08, clip=None), None, "fastlin", labels=y)
+    assert all(torch.minimum(lay.l.abs(), lay.u.abs()).min() > 1e-3 for lay in res.layers.values())
+    assert any(lay.unstable.any() for lay in res.layers.values())
+    params = tuple(p.detach().clone().requires_grad_(True) for p in g.parameters())
+    assert torch.autograd.gradcheck(_loss_of_params(g, loss_fn, x, y, 0.08), params, eps=1e-6, atol=1e-6)
+
+
+# -- training runs ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """48 MNIST-shaped samples of two blobs (classes 0..9 present so a 10-output model fits)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(48) % 10
+    x = np.clip(0.5 + 0.3 * (y[:, None] % 2 - 0.5) + 0.1 * rng.standard_normal((48, 784)), 0, 1)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x=x.reshape(48, 1, 28, 28).astype(np.float32), y=y.astype(np.int64))
+    return path
+
+
+def _train_kw(npz, out, **kw):
+    base = dict(out=str(out), eps=0.02, train_data=str(npz), test_data=str(npz), test_n=16, pgd_steps=5,
+                batch_size=16, epochs=2, ramp=1, lam=0.1, gamma=0.01, proj=8, progress=False, seed=3)
+    base.update(kw)
+    return base
+
+
+def test_resume_is_bit_identical(tiny_npz, tmp_path):
+    """Kill after epoch 1 (the callback raises after the checkpoint), resume: same weights and history as an
+    uninterrupted run. cp-proj's random projections are part of what must repeat."""
+    full = train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "full.onnx"))
+
+    def kill(trainer, metrics):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp_2x100", callbacks=[kill], **_train_kw(tiny_npz, out))
+    assert (tmp_path / "cut.ckpt" / "last.pt").is_file() and not out.exists()
+    with pytest.raises(BadInputError, match="--resume"):
+        train("mlp_2x100", **_train_kw(tiny_npz, out))
+    with pytest.raises(BadInputError, match="lr="):
+        train("mlp_2x100", resume=True, **_train_kw(tiny_npz, out, lr=0.01))
+    resumed = train("mlp_2x100", resume=True, **_train_kw(tiny_npz, out))
+    for (n, a), (_, b) in zip(full.graph.state_dict().items(), resumed.graph.state_dict().items()):
+        assert torch.equal(a, b), n
+    strip = lambda h: [{k: v for k, v in m.items() if k != "time_s"} for m in h]
+    assert json.dumps(strip(full.history)) == json.dumps(strip(resumed.history))
+    assert full.after == resumed.after
+
+
+def _bundled_model(tmp_path):
+    """The bundled model and test subset when present, else a tiny exported MLP and synthetic data."""
+    onnx_files = sorted((ROOT / "models").glob("*.onnx"))
+    npz = ROOT / "models" / "mnist_test_1000.npz"
+    if onnx_files and npz.is_file():
+        return onnx_files[0], npz
+    from toolkit import zoo
+    from toolkit.ir.onnx_export import export_onnx
+
+    path = tmp_path / "tiny_model.onnx"
+    export_onnx(zoo.build("mlp_2x100", "mnist", 0), path)
+    rng = np.random.default_rng(1)
+    data = tmp_path / "tiny_test.npz"
+    np.savez(data, x=rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32), y=np.arange(64) % 10)
+    return path, data
+
+
+def test_finetune_cli_end_to_end(tmp_path, capsys):
+    from toolkit.ir.onnx_import import import_onnx
+
+    model, data = _bundled_model(tmp_path)
+    out = tmp_path / "ft.onnx"
+    rc = main(["finetune", str(model), "--eps", "0.02", "--train-data", str(data), "--test-data", str(data),
+               "--train-n", "64", "--test-n", "32", "--batch-size", "32", "--pgd-steps", "5", "--reg-d", "0.1",
+               "--reg-r", "0.01", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "before" in text.out and "after" in text.out and "certified err % (fastlin)" in text.out
+    with h5py.File(tmp_path / "ft.h5", "r") as f:
+        assert f.attrs["finished"]
+        assert sorted(f["runs"]) == ["after_eps0.02", "before_eps0.02"]
+        ep = f["train/epochs"]
+        assert len(ep["loss"]) == 1 and np.isfinite(ep["loss"][:]).all() and ep["d"][0] >= 0
+        assert {"clean_err", "pgd_err", "certified_err/fastlin"} <= set(f["train/before_after"]) | {"certified_err/" + m for m in f["train/before_after/certified_err"]}
+        assert json.loads(f["train"].attrs["config"])["gamma"] == 0.01
+    g = import_onnx(out)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["tightcert.train.command"] == "finetune"
+    assert json.loads(props["tightcert.train.config"])["lam"] == 0.1
+    x = torch.rand(4, *g.input_spec.shape)
+    assert g(x).shape == (4, 10)
+
+
+# -- bad input: one line, exit 2, nothing written ------------------------------------------------------------
+
+def _sigmoid_model(tmp_path):
+    from toolkit.ir.onnx_export import export_onnx
+
+    # Two Sigmoid layers: cp-proj's forward form must pass through the first one (and cannot).
+    g = Graph.sequential([Flatten(), Linear(torch.randn(8, 784) * 0.05), Sigmoid(), Linear(torch.randn(8, 8)),
+                          Sigmoid(), Linear(torch.randn(10, 8))], (1, 28, 28))
+    path = tmp_path / "sig.onnx"
+    export_onnx(g, path)
+    return path
+
+
+def _scalar_model(tmp_path):
+    from toolkit.ir.onnx_export import export_onnx
+
+    g = Graph.sequential([Flatten(), Linear(torch.randn(8, 784) * 0.05), ReLU(), Linear(torch.randn(1, 8))],
+                         (1, 28, 28))
+    path = tmp_path / "scalar.onnx"
+    export_onnx(g, path)
+    return path
+
+
+@pytest.mark.parametrize("case,extra,match", [
+    ("lambda", ["--reg-d", "-0.1"], "--reg-d"),
+    ("gamma", ["--reg-r", "-1"], "--reg-r"),
+    ("eps-past-eval", ["--eps", "0.3", "--eval-eps", "0.1"], "past the eval eps"),
+    ("ramp-past-end", ["--epochs", "2", "--ramp", "3"], "past the end of training"),
+    ("ibp-reg", ["--method", "ibp", "--reg-r", "0.1"], "not defined for --method ibp"),
+    ("proj-not-cp", ["--method", "crown-ibp", "--proj", "5"], "--proj"),
+    ("sigmoid-reg", ["MODEL:sigmoid", "--reg-r", "0.1"], "does not support op Sigmoid"),
+    ("sigmoid-proj", ["MODEL:sigmoid", "--proj", "4"], "cp-proj"),
+    ("no-classes", ["MODEL:scalar"], "no classification output"),
+])
+def test_bad_input_one_line_nothing_written(tmp_path, capsys, tiny_npz, case, extra, match):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    model = None
+    args = []
+    for a in extra:
+        if a.startswith("MODEL:"):
+            model = {"sigmoid": _sigmoid_model, "scalar": _scalar_model}[a[6:]](tmp_path)
+        else:
+            args.append(a)
+    head = ["finetune", str(model)] if model else ["train", "mlp_2x100"]
+    if "--eps" not in args:
+        args += ["--eps", "0.02"]
+    rc = main(head + ["--train-data", str(tiny_npz), "--test-data", str(tiny_npz), "--out",
+                      str(outdir / "m.onnx"), "--no-progress"] + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert list(outdir.iterdir()) == []

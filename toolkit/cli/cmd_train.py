@@ -1,0 +1,141 @@
+"""tightcert train: certified training of a model-zoo architecture with the tightness regularizers."""
+from __future__ import annotations
+
+import sys
+
+from .common import add_device, add_seed, float_list
+
+NAME = "train"
+HELP = "train a model-zoo architecture with certified training (CP, CROWN-IBP, IBP) + regularizers d and r"
+DESCRIPTION = """Certified training from scratch (Zhu et al., Eq. 4):
+
+    loss = CE(-p*, y) + lambda * mean_batch sum_t d_t + gamma * mean_batch sum_t r_t
+
+p* are the margin lower bounds of the method: cp = Fast-Lin / Wong-Kolter (exact, or Cauchy random
+projections with --proj K), crown-ibp = IBP + CROWN mixed by beta (CROWN-IBP schedules), ibp = interval bounds
+(d and r are not defined for ibp). d (--reg-d) is the gap between the real network at the relaxation's optimal
+input and the relaxed optimum; r (--reg-r) the distance of the real pre-activations from the relaxation's
+tight points. eps ramps from --eps-start to --eps over --ramp epochs after --warmup epochs.
+
+Writes PATH.onnx (the trained model, training provenance in its metadata), PATH.h5 (per-epoch metrics in
+/train, the before/after clean, PGD and certified error on the test set) and PATH.ckpt/ (a checkpoint per
+epoch: --resume continues a killed run with the same result as an uninterrupted one)."""
+
+
+def add_training_arguments(p, finetune: bool = False):
+    m = p.add_argument_group("method")
+    m.add_argument("--method", default="cp", choices=("cp", "crown-ibp", "ibp"), help="certified loss (default: cp)")
+    m.add_argument("--reg-d", type=float, default=0.0, metavar="LAMBDA", help="weight of regularizer d (default: 0)")
+    m.add_argument("--reg-r", type=float, default=0.0, metavar="GAMMA", help="weight of regularizer r (default: 0)")
+    m.add_argument("--r-norm", default="none", choices=("none", "width", "layer-mean"),
+                   help="r normalisation (paper open, spec U1): none (default), width (divide by u-l), "
+                        "layer-mean (mean over each layer's unstable neurons)")
+    m.add_argument("--r-squared", action="store_true", help="squared instead of absolute distances in r")
+    m.add_argument("--reg-agg", default="sum", choices=("sum", "mean"),
+                   help="sum (default, Eq. 4) or mean of d_t and r_t over the classes t != y")
+    m.add_argument("--proj", type=int, default=0, metavar="K",
+                   help="cp only: Cauchy random projections of dimension K for the intermediate bounds "
+                        "(Wong et al.; 0 = exact Fast-Lin, default)")
+    m.add_argument("--beta-final", type=float, default=0.0,
+                   help="crown-ibp: final beta; beta = 1 - (1 - beta_final) * eps/eps_max (default: 0)")
+    m.add_argument("--kappa-final", type=float, default=None,
+                   help="mix in the natural CE: kappa = 1 - (1 - kappa_final) * eps/eps_max (default: off)")
+    m.add_argument("--r-coupling", default="beta-positive", choices=("beta-positive", "beta-weighted", "always"),
+                   help="crown-ibp: how r meets beta (spec U7): only while the CROWN pass runs, beta > 0 "
+                        "(default); weighted by beta; or always (CROWN pass kept for r)")
+    e = p.add_argument_group("epsilon")
+    e.add_argument("--eps", type=float, required=True, help="training eps (l-inf, model input units)")
+    e.add_argument("--eval-eps", type=float, default=None, help="eps of the before/after evaluation (default: --eps)")
+    e.add_argument("--allow-larger-train-eps", action="store_true",
+                   help="allow --eps above --eval-eps (the paper trains at 0.4 for a test eps of 0.3)")
+    e.add_argument("--eps-start", type=float, default=0.0, help="eps during warm-up and at the ramp start (default 0)")
+    e.add_argument("--warmup", type=int, default=0, help="epochs at --eps-start before the ramp (default: 0)")
+    e.add_argument("--ramp", type=int, default=None, help="epochs of the eps ramp (default: half the epochs)")
+    e.add_argument("--eps-schedule", default="linear", choices=("linear", "smoothed"), help="ramp shape")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    o.add_argument("--lr", type=float, default=1e-4 if finetune else 1e-3,
+                   help=f"learning rate (default: {1e-4 if finetune else 1e-3:g})")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--lr-schedule", default="step", choices=("constant", "step", "multistep"),
+                   help="step (default): x --lr-decay every --lr-step epochs from --lr-decay-start; multistep: "
+                        "x --lr-decay at each of --lr-milestones")
+    o.add_argument("--lr-decay", type=float, default=0.5, help="decay factor (default: 0.5)")
+    o.add_argument("--lr-step", type=int, default=10, help="epochs between decays (default: 10)")
+    o.add_argument("--lr-decay-start", type=int, default=None, help="first epoch of decay (default: end of the ramp)")
+    o.add_argument("--lr-milestones", type=float_list, default=(), help="epochs for multistep, e.g. 130,190")
+    o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0 = off, default)")
+    o.add_argument("--batch-size", type=int, default=50, help="training batch size (default: 50)")
+    o.add_argument("--epochs", type=int, default=1 if finetune else 20,
+                   help=f"epochs (default: {1 if finetune else 20})")
+    add_seed(o)
+    add_device(o)
+    d = p.add_argument_group("data and evaluation")
+    d.add_argument("--data", default=None if finetune else "mnist",
+                   help="dataset (train split for training, test split for evaluation): mnist, cifar10"
+                        + (" (default: from the model's input size)" if finetune else " (default: mnist)"))
+    d.add_argument("--data-root", default=None, help="dataset folder (default: $TIGHTCERT_DATA or ../shared/data)")
+    d.add_argument("--train-data", default=None, help="training set instead: a dataset name or an .npz")
+    d.add_argument("--test-data", default=None, help="evaluation set instead: a dataset name or an .npz")
+    d.add_argument("--train-n", type=int, default=None, help="train on the first N samples only")
+    d.add_argument("--test-n", type=int, default=None, help="evaluate on the first N test samples only")
+    d.add_argument("--eval-method", default=None,
+                   help="certifiers for the before/after table, comma-separated (default: fastlin for cp, "
+                        "ibp,crown-ibp for crown-ibp, ibp for ibp)")
+    d.add_argument("--pgd-steps", type=int, default=100, help="PGD steps of the evaluation (default: 100)")
+    d.add_argument("--eval-batch-size", type=int, default=200, help="evaluation batch size (default: 200)")
+    w = p.add_argument_group("output")
+    w.add_argument("--out", required=True, help="PATH.onnx: the improved model (report PATH.h5, checkpoints "
+                                                "PATH.ckpt/)")
+    w.add_argument("--report", default=None, help="HDF5 report path (default: PATH.h5)")
+    w.add_argument("--resume", action="store_true", help="continue from the last checkpoint in PATH.ckpt/")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+
+
+def add_arguments(p):
+    p.add_argument("model", help="model-zoo architecture: mlp_2x100, mlp_256x2, small, large, xlarge, "
+                                 "cnn_2layer_w{w}_l{l}, cnn_3layer_fixed_k{3|5}_w{w}, cnn_4layer_w{w}_l{l}")
+    add_training_arguments(p)
+
+
+def config_kwargs(args) -> dict:
+    """argparse namespace → keyword arguments of ``toolkit.train.train`` / ``finetune``."""
+    methods = None
+    if args.eval_method:
+        methods = [m for m in args.eval_method.replace(" ", ",").split(",") if m]
+    return dict(method=args.method, lam=args.reg_d, gamma=args.reg_r, r_norm=args.r_norm, r_squared=args.r_squared,
+                aggregate=args.reg_agg, proj=args.proj, beta_final=args.beta_final, kappa_final=args.kappa_final,
+                r_coupling=args.r_coupling, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
+                eps_start=args.eps_start, warmup=args.warmup, ramp=args.ramp, eps_schedule=args.eps_schedule,
+                optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, lr_step=args.lr_step,
+                lr_decay_start=args.lr_decay_start, lr_milestones=tuple(int(v) for v in args.lr_milestones),
+                grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                device=args.device, data_root=args.data_root, train_data=args.train_data,
+                test_data=args.test_data, train_n=args.train_n, test_n=args.test_n, eval_methods=methods,
+                pgd_steps=args.pgd_steps, eval_batch_size=args.eval_batch_size, report=args.report,
+                resume=args.resume, progress=not args.no_progress)
+
+
+def print_outcome(res) -> None:
+    print(res.table)
+    print(f"model:  {res.onnx_path}\nreport: {res.report_path}")
+
+
+def epoch_logger(trainer, m) -> None:
+    """One line per epoch (used with --no-progress, e.g. in logs)."""
+    fmt = lambda v, pct=False: "-" if v != v else (f"{100 * v:.2f}%" if pct else f"{v:.4g}")
+    print(f"epoch {int(m['epoch'])}/{trainer.epochs}: loss={fmt(m['loss'])} CE={fmt(m['ce'])} d={fmt(m['d'])} "
+          f"r={fmt(m['r'])} rob.err={fmt(m['robust_err'], True)} clean.err={fmt(m['clean_err'], True)} "
+          f"eps={m['eps']:.4g} lr={m['lr']:.3g} ({m['time_s']:.0f}s)", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    from toolkit.train.api import train
+
+    kw = config_kwargs(args)
+    callbacks = [epoch_logger] if args.no_progress else []
+    res = train(args.model, eps=args.eps, out=args.out, dataset=args.data, callbacks=callbacks, **kw)
+    print_outcome(res)
+    return 0

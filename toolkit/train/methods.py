@@ -1,0 +1,254 @@
+"""One small loss object per certified-training method (paper-spec §3, §7; Eq. 4).
+
+    loss = [κ·CE(f(x), y) +] (1 − κ)·CE(−p*_C, y) + λ·mean_batch Σ_{t≠y} d_t + γ·mean_batch Σ_{t≠y} r_t
+
+(the κ term only with ``kappa`` set, CROWN-IBP's ``robust_natural``; without it the loss is Eq. 4).
+
+* ``CPLoss``: Wong et al.'s convex-polytope training: Fast-Lin bounds, exact (``proj=0``, method
+  ``fastlin``) or with Cauchy random projections of dimension ``proj`` (method ``cp-proj``, §8).
+* ``CrownIBPLoss``: IBP intermediate bounds + one CROWN backward pass, mixed with the pure IBP bound by β
+  (§3.2–3.3). d and r come from the CROWN pass, so they exist only while it runs (β ≥ 1e-5, as in the
+  CROWN-IBP code). How r meets β is open in the paper (U7): ``r_coupling`` = "beta-positive" (default,
+  the spec's suggestion: γ·r unweighted whenever the CROWN pass runs), "beta-weighted" (γ·β·r) or
+  "always" (run the CROWN pass for r even when β = 0).
+* ``IBPLoss``: interval bounds only. IBP has no relaxation optimum (no δ*₀, no line choices), so d and r
+  are not defined for it; asking for them is an error.
+
+Each loss object is called as ``loss(graph, x, y, eps, step)`` and returns ``LossParts`` (the total to
+back-propagate plus detached statistics for the progress bar and the report).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.bounds import compute_bounds
+from toolkit.errors import BadInputError, UnsupportedOpError
+from toolkit.ir import nodes as N
+from toolkit.spec import InputSet, margin_spec
+
+from .loss import robust_ce
+from .regularizers import R_NORMS, real_activations, reg_d, reg_r
+from .schedules import BetaSchedule, KappaSchedule
+
+METHODS = ("cp", "crown-ibp", "ibp")
+#: Σ_t or mean_t over the K−1 classes t ≠ y (spec U2; the paper writes Σ_t).
+AGGREGATIONS = ("sum", "mean")
+R_COUPLINGS = ("beta-positive", "beta-weighted", "always")
+#: Below this β the CROWN-IBP code skips the CROWN pass (§3.2).
+BETA_SKIP = 1e-5
+
+
+@dataclass
+class LossParts:
+    """loss: the scalar to back-propagate. The rest are detached floats for logging: robust CE, the
+    batch means of Σ_t d_t and Σ_t r_t (NaN when not computed), robust error (fraction of the batch with
+    some margin bound ≤ 0 under the training bound: a statistic, a certificate only for exact bounds),
+    clean error, and the schedule values in force."""
+
+    loss: torch.Tensor
+    ce: float
+    d: float = math.nan
+    r: float = math.nan
+    robust_err: float = math.nan
+    clean_err: float = math.nan
+    beta: float = math.nan
+    kappa: float = math.nan
+
+
+@dataclass
+class RegConfig:
+    """λ (d), γ (r) and the open choices of U1/U2."""
+
+    lam: float = 0.0
+    gamma: float = 0.0
+    r_norm: str = "none"
+    r_squared: bool = False
+    aggregate: str = "sum"
+
+    def __post_init__(self):
+        for name, v in (("lambda (--reg-d)", self.lam), ("gamma (--reg-r)", self.gamma)):
+            if not math.isfinite(v) or v < 0:
+                raise BadInputError(f"{name} must be finite and >= 0, got {v}")
+        if self.r_norm not in R_NORMS:
+            raise BadInputError(f"unknown r normalisation {self.r_norm!r}; choose from {', '.join(R_NORMS)}")
+        if self.aggregate not in AGGREGATIONS:
+            raise BadInputError(f"unknown d/r aggregation {self.aggregate!r}; choose from "
+                                f"{', '.join(AGGREGATIONS)}")
+
+    @property
+    def active(self) -> bool:
+        return self.lam > 0 or self.gamma > 0
+
+    def agg(self, per_spec: torch.Tensor) -> torch.Tensor:
+        """(N, K−1) → batch mean of Σ_t (or mean_t)."""
+        per_sample = per_spec.sum(1) if self.aggregate == "sum" else per_spec.mean(1)
+        return per_sample.mean()
+
+
+class _BaseLoss:
+    name = "?"
+
+    def __init__(self, reg: RegConfig | None = None, kappa: KappaSchedule | None = None):
+        self.reg = reg or RegConfig()
+        self.kappa = kappa
+
+    def check_graph(self, graph) -> None:
+        """Raise before training if the method cannot handle the graph (d/r need a ReLU network)."""
+        if self.reg.active:
+            for key, node, _ in graph:
+                if isinstance(node, (N.Sigmoid, N.Tanh, N.MaxPool2d)):
+                    raise UnsupportedOpError(node.op, node.onnx_name, supported=["ReLU"],
+                                             method=f"{self.name} with regularizers d/r")
+
+    def describe(self) -> dict:
+        return {"method": self.name, "lambda": self.reg.lam, "gamma": self.reg.gamma, "r_norm": self.reg.r_norm,
+                "r_squared": self.reg.r_squared, "aggregate": self.reg.aggregate,
+                "kappa_final": None if self.kappa is None else self.kappa.final}
+
+    def _regularize(self, graph, res, total, parts):
+        """Add λ·d and γ·r from a BoundResult that carries the relaxation's optimum."""
+        if not self.reg.active:
+            return total
+        values = real_activations(graph, res)  # one forward pass on N·(K−1) inputs (§7.2 step 5)
+        if self.reg.lam > 0:
+            d = self.reg.agg(reg_d(graph, res, values))
+            total = total + self.reg.lam * d
+            parts["d"] = float(d.detach())
+        if self.reg.gamma > 0:
+            r = self.reg.agg(reg_r(graph, res, values, norm=self.reg.r_norm, squared=self.reg.r_squared))
+            total = total + self._gamma_weight(parts) * self.reg.gamma * r
+            parts["r"] = float(r.detach())
+        return total
+
+    def _gamma_weight(self, parts) -> float:
+        return 1.0
+
+    def _finish(self, graph, x, y, lower, total_reg, parts, step):
+        """Robust CE (+ κ·natural CE) on the margin lower bounds, plus the regularizer terms."""
+        k = graph.output_size()
+        ce = robust_ce(lower, y, k)
+        logits = graph(x).reshape(x.shape[0], -1)
+        loss = ce
+        if self.kappa is not None:
+            kap = self.kappa.value(step)
+            loss = kap * F.cross_entropy(logits, y) + (1 - kap) * ce
+            parts["kappa"] = kap
+        with torch.no_grad():
+            parts["robust_err"] = float((lower <= 0).any(1).float().mean())
+            parts["clean_err"] = float((logits.argmax(1) != y).float().mean())
+        return LossParts(loss=loss + total_reg, ce=float(ce.detach()), **parts)
+
+    def __call__(self, graph, x, y, eps, step):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _input_set(graph, x, eps):
+    return InputSet.from_eps(x, eps, clip=graph.input_spec.value_range)
+
+
+class CPLoss(_BaseLoss):
+    """Wong et al. 2018 / Fast-Lin (CP) certified loss + d + r (§7.2, Algorithm 1)."""
+
+    name = "cp"
+
+    def __init__(self, reg=None, kappa=None, proj: int = 0, seed: int = 0):
+        super().__init__(reg, kappa)
+        if proj < 0:
+            raise BadInputError(f"--proj must be >= 0 (0 = exact Fast-Lin bounds), got {proj}")
+        self.proj, self.seed = int(proj), int(seed)
+
+    @property
+    def bound_method(self) -> str:
+        return "cp-proj" if self.proj > 0 else "fastlin"
+
+    def describe(self):
+        return {**super().describe(), "bound": self.bound_method, "proj": self.proj}
+
+    def __call__(self, graph, x, y, eps, step):
+        inp = _input_set(graph, x, eps)
+        kw = {}
+        if self.proj > 0:
+            # A generator seeded by (seed, step): the projection is a function of the step, so a resumed
+            # run draws the same Cauchy matrices as an uninterrupted one.
+            kw = dict(proj=self.proj, generator=_step_generator(self.seed, step, x.device))
+        res = compute_bounds(graph, inp, None, self.bound_method, labels=y, **kw)
+        parts = {}
+        total = self._regularize(graph, res, 0.0, parts)
+        return self._finish(graph, x, y, res.lower, total, parts, step)
+
+
+class CrownIBPLoss(_BaseLoss):
+    """CROWN-IBP (§3.2–3.3): lb = β·p_CROWN-IBP + (1 − β)·p_IBP; r (and d) from the CROWN pass (§7.3)."""
+
+    name = "crown-ibp"
+
+    def __init__(self, beta: BetaSchedule, reg=None, kappa=None, r_coupling: str = "beta-positive"):
+        super().__init__(reg, kappa)
+        if r_coupling not in R_COUPLINGS:
+            raise BadInputError(f"unknown r/beta coupling {r_coupling!r}; choose from {', '.join(R_COUPLINGS)}")
+        self.beta, self.r_coupling = beta, r_coupling
+
+    def describe(self):
+        return {**super().describe(), "beta_final": self.beta.final, "r_coupling": self.r_coupling}
+
+    def _gamma_weight(self, parts) -> float:
+        return parts["beta"] if self.r_coupling == "beta-weighted" else 1.0
+
+    def __call__(self, graph, x, y, eps, step):
+        inp = _input_set(graph, x, eps)
+        beta = self.beta.value(step)
+        C = margin_spec(y, graph.output_size(), dtype=x.dtype).to(x.device)
+        ibp = compute_bounds(graph, inp, C, "ibp")
+        parts, total, lower = {"beta": beta}, 0.0, ibp.lower
+        run_crown = beta >= BETA_SKIP or (self.r_coupling == "always" and self.reg.active)
+        if run_crown:
+            # The IBP intermediate bounds are shared with the CROWN pass (§3.2 step 1).
+            ci = compute_bounds(graph, inp, C, "crown-ibp", bounds=ibp.bounds)
+            if beta >= BETA_SKIP:
+                lower = beta * ci.lower + (1 - beta) * ibp.lower
+            total = self._regularize(graph, ci, total, parts)
+        return self._finish(graph, x, y, lower, total, parts, step)
+
+
+class IBPLoss(_BaseLoss):
+    """Interval bound propagation (Gowal et al. 2018) with the spec merged into the last layer (§3.1)."""
+
+    name = "ibp"
+
+    def __init__(self, reg=None, kappa=None):
+        reg = reg or RegConfig()
+        if reg.active:
+            raise BadInputError("regularizers d and r are not defined for --method ibp: IBP has no relaxation "
+                                "optimum (no optimal input perturbation or line choices); use --method cp or "
+                                "crown-ibp")
+        super().__init__(reg, kappa)
+
+    def __call__(self, graph, x, y, eps, step):
+        res = compute_bounds(graph, _input_set(graph, x, eps), None, "ibp", labels=y)
+        return self._finish(graph, x, y, res.lower, 0.0, {}, step)
+
+
+def _step_generator(seed: int, step: int, device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
+    return gen
+
+
+def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False, aggregate="sum", proj=0,
+              seed=0, beta: BetaSchedule | None = None, kappa: KappaSchedule | None = None,
+              r_coupling="beta-positive"):
+    """The loss object for ``method`` ("cp", "crown-ibp", "ibp"); arguments as on the command line."""
+    if method not in METHODS:
+        raise BadInputError(f"unknown training method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "ibp":
+        return IBPLoss(RegConfig(lam, gamma, r_norm, r_squared, aggregate), kappa)
+    reg = RegConfig(lam, gamma, r_norm, r_squared, aggregate)
+    if method == "cp":
+        return CPLoss(reg, kappa, proj=proj, seed=seed)
+    if beta is None:
+        raise BadInputError("crown-ibp needs a beta schedule")
+    return CrownIBPLoss(beta, reg, kappa, r_coupling)
