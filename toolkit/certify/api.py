@@ -28,6 +28,10 @@ def certify_model(model, data, eps=None, methods=("crown-ibp",), *, data_root=No
     from toolkit.ir.onnx_import import import_onnx
 
     order_methods(methods)
+    if kw.get("shard") is not None:
+        from .shard import parse_shard
+
+        parse_shard(kw["shard"])
     if eps is not None:
         check_eps(_as_list(eps), None)
     resolve_device(kw.get("device", "cpu"))

@@ -273,7 +273,7 @@ def certify(graph, data, eps=None, methods=("crown-ibp",), *, out=None, clip="mo
             pgd_restarts: int = 1, pgd_step_size=None, batch_size: int = 256, device="cpu", seed: int = 0,
             method_opts: dict | None = None, model_name: str = "model", model_path: str = "",
             model_sha256: str = "", data_name: str | None = None, split: str = "", mean=None, std=None,
-            progress: bool | None = None, after_batch=None) -> CertifyResult:
+            progress: bool | None = None, after_batch=None, shard=None) -> CertifyResult:
     """Certify ``graph`` on ``data`` (a ``toolkit.data.Dataset``) for each ε in ``eps`` (a sweep: one run
     per ε), or over the data's own per-sample boxes / radii. Writes the HDF5 report ``out`` when given
     (resuming ``out.partial`` if present; see ``toolkit.report.h5``) and returns the runs.
@@ -281,6 +281,7 @@ def certify(graph, data, eps=None, methods=("crown-ibp",), *, out=None, clip="mo
     clip: "model" (the graph's ``input_spec.value_range``), None, or (lo, hi); ignored for box data.
     method_opts: extra keyword arguments for the bound engine (e.g. ``alpha_iters``).
     after_batch(run_name, n_done): called after each batch is written (tests use it to simulate a kill).
+    shard: "k/n" certifies every n-th sample from the k-th (1-based) only (``toolkit.certify.shard``).
     The graph is moved to ``device``. Every input is checked before anything is computed or written.
     """
     methods = order_methods(methods)
@@ -292,6 +293,11 @@ def certify(graph, data, eps=None, methods=("crown-ibp",), *, out=None, clip="mo
     if pgd_step_size is not None and not (math.isfinite(float(pgd_step_size)) and float(pgd_step_size) > 0):
         raise BadInputError(f"PGD step size must be finite and > 0, got {pgd_step_size}")
     data, n_classes = _prepare_data(graph, data)
+    shard_attrs = {}
+    if shard is not None:
+        from .shard import take_shard
+
+        data, shard_attrs = take_shard(data, shard, _digest)
     clip = _resolve_clip(graph, clip)
     notes = []
     base = dict(model=model_name, model_path=str(model_path), model_sha256=model_sha256,
@@ -302,7 +308,7 @@ def certify(graph, data, eps=None, methods=("crown-ibp",), *, out=None, clip="mo
                 seed=int(seed), pgd_steps=int(pgd_steps), pgd_restarts=int(pgd_restarts),
                 pgd_step_size=float("nan") if pgd_step_size is None else float(pgd_step_size),
                 n_classes=n_classes, device=str(dev), batch_size=int(batch_size), tightcert_version=__version__,
-                torch_version=torch.__version__)
+                torch_version=torch.__version__, **shard_attrs)
     plans = _plans(data, eps, clip, model_name, base, notes)
     for p in plans:
         p.settings.update(eps=p.eps, input_set=p.kind, clip=None if p.kind == "box" else p.settings["clip"])

@@ -69,6 +69,9 @@ def add_arguments(p):
     add_device(p)
     add_seed(p)
     p.add_argument("--out", default=None, help="HDF5 report to write (resumes OUT.partial when present)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="certify only shard K of N (1-based): the samples at positions K-1, K-1+N, ... of the "
+                        "selection, into their own --out; join the shards with `tightcert merge`")
     p.add_argument("--format", default="github", help="table format passed to tabulate: github, latex, plain, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -115,4 +118,4 @@ def _certify(args, clip):
                          out=args.out, clip=clip, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                          pgd_step_size=args.pgd_step_size, batch_size=args.batch_size, device=args.device,
                          seed=args.seed, method_opts={"alpha_iters": args.alpha_iters},
-                         progress=False if args.no_progress else None)
+                         progress=False if args.no_progress else None, shard=args.shard)
