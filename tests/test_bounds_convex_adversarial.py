@@ -33,7 +33,7 @@ def _one_thread():
     yield
 
 
-def torch_module(node):
+def torch_module(node, dtype=DT):
     """The nn layer convex_adversarial understands for one of our affine / ReLU / Flatten nodes."""
     if isinstance(node, N.Linear):
         m = nn.Linear(node.weight.shape[1], node.weight.shape[0])
@@ -47,19 +47,19 @@ def torch_module(node):
         return nn.Flatten()   # convex_adversarial recognises any class whose name contains "Flatten"
     else:
         raise AssertionError(f"no convex_adversarial layer for {node.op}")
-    m = m.to(DT)
+    m = m.to(dtype)
     with torch.no_grad():
         m.weight.copy_(node.weight)
         m.bias.copy_(node.bias)
     return m
 
 
-def to_sequential(graph):
+def to_sequential(graph, dtype=DT):
     """A chain graph → nn.Sequential; ``wong_conv(residual=True)`` → DenseSequential with the skip as
     ``Dense(nn.Sequential(), None, conv3)`` (identity on relu1's output + conv3 on relu2's), their idiom."""
     if "add" not in graph.nodes:
-        return nn.Sequential(*[torch_module(node) for _, node, _ in graph])
-    m = lambda k: torch_module(graph.nodes[k])
+        return nn.Sequential(*[torch_module(node, dtype) for _, node, _ in graph])
+    m = lambda k: torch_module(graph.nodes[k], dtype)
     assert graph.edges["add"] == ("relu1", "conv3")
     layers = [m("conv1"), nn.ReLU(), Dense(m("conv2")), nn.ReLU(), Dense(nn.Sequential(), None, m("conv3")),
               nn.ReLU(), m("conv4"), nn.ReLU(), nn.Flatten(), m("fc1"), nn.ReLU(), m("fc2")]
@@ -82,23 +82,27 @@ def test_converted_nets_compute_the_same_function():
             assert torch.allclose(to_sequential(g)(x), g(x), atol=1e-12), name
 
 
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
 @pytest.mark.parametrize("box", (False, True), ids=("nobox", "box"))
 @pytest.mark.parametrize("eps", (0.01, 0.05, 0.2))
 @pytest.mark.parametrize("net", list(NETS))
-def test_fastlin_equals_wong_kolter_dual(net, eps, box):
-    g = NETS[net]()
+def test_fastlin_equals_wong_kolter_dual(net, eps, box, dtype):
+    """To 1e-5 (relative to the bound's size) in float32, the default dtype; to 1e-9 in float64 (they agree
+    to ~1e-14 there, so a real difference cannot hide behind the looser float32 tolerance)."""
+    g = NETS[net]().to(dtype)
     gen = torch.Generator().manual_seed(int(eps * 1000) + box)
     n = 4
-    x = torch.rand(n, *g.input_spec.shape, generator=gen, dtype=DT)
+    x = torch.rand(n, *g.input_spec.shape, generator=gen, dtype=DT).to(dtype)
     k = g.output_size()
     with torch.no_grad():
         labels = g(x).argmax(1)
-    C = torch.cat([margin_spec(labels, k, dtype=DT), torch.randn(n, 2, k, generator=gen, dtype=DT)], 1)
+    C = torch.cat([margin_spec(labels, k, dtype=DT), torch.randn(n, 2, k, generator=gen, dtype=DT)], 1).to(dtype)
     ours = compute_bounds(g, InputSet.from_eps(x, eps, clip=(0.0, 1.0) if box else None), C, "fastlin")
     with torch.no_grad():
-        dual = ca.DualNetwork(to_sequential(g), x, eps, bounded_input=box)
+        dual = ca.DualNetwork(to_sequential(g, dtype), x, eps, bounded_input=box)
         theirs = dual(C)
         unstable = sum(int(l.I.sum()) for l in dual.dual_net if isinstance(l, ca.dual_layers.DualReLU))
     assert unstable > 0, "no unstable ReLU: the comparison would not exercise the relaxation"
-    diff = (ours.lower.detach() - theirs).abs().max().item()
-    assert diff <= 1e-5, f"fastlin differs from convex_adversarial's dual by {diff:.3g}"
+    assert ours.lower.dtype == dtype
+    rel = ((ours.lower.detach() - theirs).abs() / (1 + theirs.abs())).max().item()
+    assert rel <= (1e-9 if dtype == torch.float64 else 1e-5), f"fastlin differs from the dual by {rel:.3g}"

@@ -5,11 +5,10 @@ space) and all its boxes (``lo``, ``hi``, ``label``; ``target`` for targeted spe
 in float32 as the CLI runs. A ``sat`` row has a real counterexample in its box, so a certificate there is a
 soundness bug. Every computed bound must also stay below the spec values attained at the centre and by PGD.
 
-Cost: the linear-relaxation methods are expensive on the CIFAR models (measured on the shared 2-core box,
-all boxes of a model in one batch, 1-2 threads under load): fastlin 3-6 s and crown 7-9 s on cifar_base_kw,
-fastlin 11 s and crown 32-43 s on resnet_2b (no sat rows there, skipped), fastlin 32 s on Convnet_avgpool
-(its exact forward form propagates the 784-pixel identity although the only ReLU layer is exact by IBP).
-So: cheap methods on every row of every model; expensive pairs only on the sat rows (the rows the
+Cost (all boxes of a model in one batch, one thread, on the shared loaded 2-core machine, commit 6871292):
+fastlin 2.7 s / crown 5.8 s / alpha-crown(5 it) 6.1 s on cifar_base_kw; fastlin 7.4 s / crown 26 s on
+resnet_2b (no sat rows there: skipped); fastlin 4.4 s on Convnet_avgpool; everything else < 2.5 s.
+So: cheap methods on every row of every model; the expensive pairs only on the sat rows (the rows the
 soundness claim is about), or skipped with the measured reason. Models not listed here (the folder may hold
 others in the same layout) get the cheap methods only.
 """
@@ -32,12 +31,11 @@ CHEAP = ("ibp", "crown-ibp")
 #: model -> {method: "all" | "sat" (sat rows only) | skip reason}
 PLAN = {
     "mnist-net_256x2": {"fastlin": "all", "crown": "all", "alpha-crown": "all"},
-    "mnist_relu_9_200": {"fastlin": "all", "crown": "all", "alpha-crown": "no sat rows; crown covers it (14 s)"},
-    "Convnet_avgpool": {"fastlin": "measured 32-35 s (forward form over 784 inputs), > 10 s budget",
-                        "crown": "all", "alpha-crown": "all"},
-    "cifar_base_kw": {"fastlin": "sat", "crown": "sat", "alpha-crown": "measured 6-13 s, > budget"},
-    "resnet_2b": {"fastlin": "measured 11 s and no sat rows", "crown": "measured 32-43 s and no sat rows",
-                  "alpha-crown": "measured 51-58 s and no sat rows"},
+    "mnist_relu_9_200": {"fastlin": "all", "crown": "all", "alpha-crown": "no sat rows; crown covers it"},
+    "Convnet_avgpool": {"fastlin": "sat", "crown": "all", "alpha-crown": "all"},
+    "cifar_base_kw": {"fastlin": "sat", "crown": "sat", "alpha-crown": "measured 6-23 s, > budget"},
+    "resnet_2b": {"fastlin": "measured 7-15 s and no sat rows", "crown": "measured 26-43 s and no sat rows",
+                  "alpha-crown": "measured 51-66 s and no sat rows"},
 }
 ALPHA_ITERS = 5
 MIN_CERTIFIED = {"mnist-net_256x2": 4, "mnist_relu_9_200": 4, "Convnet_avgpool": 5}   # by crown, unsat rows
