@@ -39,6 +39,7 @@ EPOCHS, WARMUP, RAMP = 20, 1, 10
 EPS_TRAIN, EPS_TEST, KAPPA_END = 0.1, 0.1, 0.5
 BATCH, LR, LR_DROP_AT = 100, 1e-3, (15, 18)
 N_SUBSET = 1000
+N_TRAIN_SUBSET = 2000
 
 
 # -- interval bound propagation (Flatten / Linear / ReLU chains only) ----------------------------------------
@@ -137,6 +138,17 @@ def write_npz(path: Path, arrays: dict):
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
+def write_subsets(out: Path, train_set, test_set):
+    """The bundled subsets: first N_SUBSET test images (certify demo) and first N_TRAIN_SUBSET train images
+    (the demo's brief fine-tune), as uint8 so they stay small."""
+    for name, ds, n in ((f"mnist_test_{N_SUBSET}.npz", test_set, N_SUBSET),
+                        (f"mnist_train_{N_TRAIN_SUBSET}.npz", train_set, N_TRAIN_SUBSET)):
+        sub = ds.subset(np.arange(n))
+        pixels = torch.round(sub.x * 255).to(torch.uint8).numpy()  # x = k/255 exactly, so this recovers k
+        write_npz(out / name, {"x": pixels, "y": sub.y.numpy(), "index": sub.index})
+        print(f"{name}  {(out / name).stat().st_size} bytes  sha256 {sha256(out / name)}")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -147,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "models"), help="output folder (default: models/)")
     ap.add_argument("--eps-train", type=float, default=EPS_TRAIN, help=f"final training eps ({EPS_TRAIN})")
     ap.add_argument("--kappa-end", type=float, default=KAPPA_END, help=f"final weight of clean CE ({KAPPA_END})")
+    ap.add_argument("--subsets-only", action="store_true",
+                    help="only (re)write the bundled data subsets, no training")
     args = ap.parse_args(argv)
     # One thread: the model is tiny, and a fixed thread count keeps float reductions (hence the weights)
     # identical between runs; more threads only spin when the cores are shared.
@@ -158,6 +172,9 @@ def main(argv=None):
 
     train_set = load_dataset("mnist", "train", args.data_root)
     test_set = load_dataset("mnist", "test", args.data_root)
+    write_subsets(out, train_set, test_set)
+    if args.subsets_only:
+        return
     graph = zoo.build("mlp_2x100", "mnist", seed=SEED)
     t0 = time.time()
     train(graph, train_set.x, train_set.y, args.eps_train, args.kappa_end)
@@ -167,8 +184,6 @@ def main(argv=None):
     onnx_path, npz_path = out / "mnist_mlp_2x100.onnx", out / f"mnist_test_{N_SUBSET}.npz"
     export(graph, onnx_path)
     sub = test_set.subset(np.arange(N_SUBSET))
-    pixels = torch.round(sub.x * 255).to(torch.uint8).numpy()  # x = k/255 exactly, so this recovers k
-    write_npz(npz_path, {"x": pixels, "y": sub.y.numpy(), "index": sub.index})
 
     for label, ds in ((f"first {N_SUBSET} test", sub), ("full test (10,000)", test_set)):
         clean, cert = evaluate(graph, ds.x, ds.y, EPS_TEST)
