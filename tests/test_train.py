@@ -209,11 +209,13 @@ def test_resume_is_bit_identical(tiny_npz, tmp_path):
 
 
 def _bundled_model(tmp_path):
-    """The bundled model and test subset when present, else a tiny exported MLP and synthetic data."""
+    """(model, train data, test data): the bundled model and MNIST subsets when present, else a tiny exported
+    MLP and synthetic data."""
     onnx_files = sorted((ROOT / "models").glob("*.onnx"))
-    npz = ROOT / "models" / "mnist_test_1000.npz"
-    if onnx_files and npz.is_file():
-        return onnx_files[0], npz
+    test = ROOT / "models" / "mnist_test_1000.npz"
+    train_ = ROOT / "models" / "mnist_train_2000.npz"
+    if onnx_files and test.is_file():
+        return onnx_files[0], (train_ if train_.is_file() else test), test
     from toolkit import zoo
     from toolkit.ir.onnx_export import export_onnx
 
@@ -222,15 +224,15 @@ def _bundled_model(tmp_path):
     rng = np.random.default_rng(1)
     data = tmp_path / "tiny_test.npz"
     np.savez(data, x=rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32), y=np.arange(64) % 10)
-    return path, data
+    return path, data, data
 
 
 def test_finetune_cli_end_to_end(tmp_path, capsys):
     from toolkit.ir.onnx_import import import_onnx
 
-    model, data = _bundled_model(tmp_path)
+    model, train_data, test_data = _bundled_model(tmp_path)
     out = tmp_path / "ft.onnx"
-    rc = main(["finetune", str(model), "--eps", "0.02", "--train-data", str(data), "--test-data", str(data),
+    rc = main(["finetune", str(model), "--eps", "0.02", "--train-data", str(train_data), "--test-data", str(test_data),
                "--train-n", "64", "--test-n", "32", "--batch-size", "32", "--pgd-steps", "5", "--reg-d", "0.1",
                "--reg-r", "0.01", "--out", str(out), "--no-progress"])
     text = capsys.readouterr()
