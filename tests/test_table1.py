@@ -1,0 +1,81 @@
+"""benchmarks.table1: the smoke profile on a slice of the grid writes a well-formed Table-1-shaped markdown
+and one HDF5 file, a rerun skips finished cells, and bad input is a one-line error with exit status 2."""
+import re
+
+import h5py
+import pytest
+
+from benchmarks import table1
+from toolkit.report import read_report
+
+SLICE = ["--datasets", "mnist", "--eps", "0.1", "--methods", "CP,CP+d+r,CROWN-IBP"]
+
+
+def _run(tmp, *extra, out="r.h5"):
+    """The smoke profile's MNIST cells use the bundled subsets: no data root needed."""
+    return table1.main(["--profile", "smoke", "--out", str(tmp / out), "--work-dir", str(tmp / "work"), *extra])
+
+
+def test_grid_shape_and_names():
+    cells = table1.cells("paper")
+    assert {c["dataset"] for c in cells} == {"mnist", "cifar10"}
+    eps = {(c["dataset"], c["eps_label"], round(c["train_eps"] * 255, 3) if c["dataset"] == "cifar10" else c["train_eps"])
+           for c in cells}
+    assert eps == {("mnist", "0.1", 0.1), ("mnist", "0.3", 0.4), ("cifar10", "2/255", 2.2), ("cifar10", "8/255", 8.8)}
+    assert {c["method"] for c in cells} == set(table1.METHODS)
+    small_exact = [c for c in cells if c["model_key"] == "small-exact"]
+    assert small_exact and all(c["proj"] == 0 and c["family"] == "cp" for c in small_exact)
+    assert all(c["proj"] == 50 for c in cells if c["model_key"] == "small")
+    beta = {c["eps_label"]: c["train"]["beta_final"] for c in cells if c["family"] == "crown-ibp" and c["dataset"] == "cifar10"}
+    assert beta == {"2/255": 1.0, "8/255": 0.0}
+    assert len({c["run"] for c in table1.cells("cpu")}) == len(table1.cells("cpu"))
+
+
+def test_smoke_slice_table_and_rerun(tmp_path, capsys):
+    assert _run(tmp_path, *SLICE) == 0
+    cap = capsys.readouterr()
+    md = (tmp_path / "r.md").read_text()
+    assert md.strip() in cap.out
+    lines = [ln for ln in md.splitlines() if ln.startswith("| CP") or ln.startswith("| CROWN")]
+    table_lines = [ln for ln in lines if "mlp_2x100" in ln and ln.count("|") == 10]
+    assert len(table_lines) == 6  # all six methods of the MNIST grid; CP+d, CP+r were not run
+    by_method = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[3:-2]] for ln in table_lines}
+    for m in ("CP", "CROWN-IBP"):
+        assert all(re.fullmatch(r"\d+\.\d\d", v) for v in by_method[m][:3]), by_method[m]
+        assert by_method[m][3:] == ["·"] * 3  # ε = 0.3 not in the slice
+    assert all(re.fullmatch(r"\d+\.\d\d \((?:[+-]\d+\.\d%|±0%|n/a)\)", v) for v in by_method["CP+d+r"][:3]), \
+        by_method["CP+d+r"]
+    assert by_method["CP+d"] == by_method["CROWN-IBP+r"] == ["·"] * 6
+    assert "not this paper's Table 1" in md and "7.02 [A]" in md
+    rep = read_report(tmp_path / "r.h5")
+    assert sorted(r.name for r in rep.runs) == sorted(c["run"] for c in table1.cells("smoke", *[s.split(",") for s in SLICE[1::2]]))
+    assert all(r.finished and r.n_done == 16 for r in rep.runs)
+    ci = next(r for r in rep.runs if r.name.startswith("mnist_CROWN-IBP_"))
+    assert ci.methods == ["ibp", "crown-ibp"]
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f.attrs["table1_profile"] == "smoke" and len(f["table1/cells"]) == 3
+    onnx = next((tmp_path / "work").rglob("model.onnx"))
+    mtime = onnx.stat().st_mtime_ns
+    assert _run(tmp_path, *SLICE) == 0
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 3
+    assert onnx.stat().st_mtime_ns == mtime
+
+
+def test_bad_input_one_line_exit_2(tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    assert table1.main(["--profile", "cpu", "--out", str(other), "--table-only"]) == 2  # no such results file
+    table1.open_results(other, "cpu")
+    cases = [(["--profile", "huge"], "unknown profile 'huge'"),
+             (["--profile", "smoke", "--models", "resnet"], "unknown model 'resnet'"),
+             (["--profile", "smoke", "--methods", "CP,DiffAI"], "unknown method 'DiffAI'"),
+             (["--profile", "smoke", "--eps", "0.2"], "unknown eps '0.2'"),
+             (["--profile", "smoke", "--datasets", "svhn"], "unknown dataset 'svhn'"),
+             (["--profile", "smoke", *SLICE, "--out", str(other)], "another grid"),
+             (["--profile", "smoke", "--datasets", "cifar10", "--data-root", str(tmp_path)], "not found")]
+    capsys.readouterr()
+    for argv, msg in cases:
+        assert table1.main(argv + (["--work-dir", str(tmp_path / "w")] if "--out" in argv else
+                                   ["--out", str(tmp_path / "x.h5"), "--work-dir", str(tmp_path / "w")])) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "w").exists()
