@@ -331,7 +331,12 @@ def _preflight(graph, loss_fn, cfg, x, y):
 def _run(build, cfg: TrainConfig, base: dict, callbacks=()) -> TrainOutcome:
     from toolkit.certify import certify
 
+    from .distributed import DistContext
+
     onnx_path, report_path, ckpt = _paths(cfg)
+    # Under torchrun: one process per rank (DDP); rank 0 alone writes files and evaluates (distributed.py).
+    ctx = DistContext.from_env(cfg.device)
+    cfg.device = ctx.device
     graph = build()
     train_ds, train_name = _load(cfg, graph, "train")
     test_ds, test_name = _load(cfg, graph, "test")
@@ -343,15 +348,16 @@ def _run(build, cfg: TrainConfig, base: dict, callbacks=()) -> TrainOutcome:
     _preflight(graph, loss_fn, cfg, train_ds.x, train_ds.y)
 
     graph.to(cfg.device)
+    loss_fn = ctx.wrap_loss(graph, loss_fn)
     opt = _optimizer(graph, cfg)
     settings = dict(cfg.result_settings(), **{k: base.get(k) for k in ("command", "model", "model_sha256")})
     trainer = Trainer(graph, loss_fn, opt, eps_s, lr_s, train_ds.x, train_ds.y, cfg.batch_size, cfg.epochs,
                       seed=cfg.seed, device=cfg.device, grad_clip=cfg.grad_clip, ckpt_dir=ckpt, config=settings,
-                      progress=cfg.progress, callbacks=list(callbacks))
+                      progress=cfg.progress and ctx.is_main, callbacks=list(callbacks) if ctx.is_main else [])
     work_report = ckpt / REPORT_NAME
     if cfg.resume:
         trainer.load()
-    else:
+    elif ctx.is_main:
         ckpt.mkdir(parents=True, exist_ok=True)
         for stale in (work_report, work_report.with_name(REPORT_NAME + ".partial")):
             stale.unlink(missing_ok=True)
@@ -360,9 +366,15 @@ def _run(build, cfg: TrainConfig, base: dict, callbacks=()) -> TrainOutcome:
     ev = dict(methods=cfg.eval_methods, out=work_report, pgd_steps=cfg.pgd_steps, batch_size=cfg.eval_batch_size,
               device=cfg.device, seed=cfg.seed, data_name=test_name, split="test", mean=base.get("mean"),
               std=base.get("std"), model_path=base["model"], progress=cfg.progress)
-    if trainer.epoch == 0:
+    if not ctx.is_main:
+        trainer.ckpt_dir = None
+    if trainer.epoch == 0 and ctx.is_main:
         certify(graph, test_ds, cfg.eval_eps, model_name="before", model_sha256=base.get("model_sha256", ""), **ev)
     history = trainer.fit()
+    if not ctx.is_main:
+        ctx.barrier()  # wait for rank 0's evaluation and files
+        return TrainOutcome(graph, history, {}, {}, onnx_path, report_path, f"(rank {ctx.rank}: rank 0 writes "
+                                                                            "the model and the report)")
     train_time = sum(h["time_s"] for h in history)
     certify(graph, test_ds, cfg.eval_eps, model_name="after", **ev)
     runs = {r.name.split("_eps")[0]: r for r in _read_runs(work_report)}
@@ -376,6 +388,7 @@ def _run(build, cfg: TrainConfig, base: dict, callbacks=()) -> TrainOutcome:
 
     graph.meta.pop("sha256", None)  # the exported file is a new model, not the imported one
     export_onnx(graph.cpu(), onnx_path, metadata=meta)
+    ctx.barrier()
     return TrainOutcome(graph, history, summary["before"], summary["after"], onnx_path, report_path, table)
 
 
