@@ -85,9 +85,9 @@ class Problem:
                 sl = slice(v.offset, v.offset + v.size)
                 pos = np.searchsorted(self.q.input_index, np.arange(sl.start, sl.stop))
                 dt = NUMPY_TYPES.get(info.dtype, np.float32)
-                y = out[pos].astype(dt)
+                low, high = lo[pos], hi[pos]
+                y = np.clip(out[pos], low, np.maximum(low, high)).astype(dt)
                 if np.issubdtype(dt, np.floating):
-                    low, high = lo[pos], hi[pos]
                     y = np.where(y.astype(np.float64) < low, np.nextafter(y, dt(np.inf)), y)
                     y = np.where(y.astype(np.float64) > high, np.nextafter(y, dt(-np.inf)), y)
                 out[pos] = y.astype(np.float64)
@@ -156,7 +156,7 @@ class Problem:
         lo, hi = np.where(np.isfinite(d.lo), d.lo, -1.0), np.where(np.isfinite(d.hi), d.hi, 1.0)
         lo = np.minimum(lo, hi)
         for _ in range(n_points):
-            x = self.snap(lo + (hi - lo) * rng.random(len(lo)), lo, hi)
+            x = self.snap(lo + (hi - lo) * rng.random(len(lo)), *d.inner(lo, hi))
             vec = np.empty(self.q.n_values)
             vec[self.q.input_index] = x
             for n in self.q.nets:

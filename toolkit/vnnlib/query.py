@@ -274,6 +274,12 @@ class Disjunct:
     lo: np.ndarray                  # over the input sub-vector (Query.input_index)
     hi: np.ndarray
     atoms: list = field(default_factory=list)
+    ilo: np.ndarray = None          # inner box: every float64 point in it meets the input bounds exactly
+    ihi: np.ndarray = None
+
+    def inner(self, lo, hi):
+        """A sub-box ∩ the inner box (where witnesses are picked)."""
+        return np.maximum(lo, self.ilo), np.minimum(hi, self.ihi)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -378,6 +384,7 @@ class Query:
     def _disjunct(self, atoms) -> Disjunct | None:
         lo = np.full(self.n_inputs, -INF)
         hi = np.full(self.n_inputs, INF)
+        ilo, ihi = lo.copy(), hi.copy()
         pos = {int(g): i for i, g in enumerate(self.input_index)}
         rest = []
         for a in atoms:
@@ -390,17 +397,21 @@ class Query:
                 continue
             i, bound = pos[g], -a.const / c          # c*x + k op 0  <=>  x op' -k/c
             upper = (a.op in ("<=", "<")) == (c > 0)
+            strict = a.op in ("<", ">")
             if a.op == "==":
                 lo[i], hi[i] = max(lo[i], _down(bound)), min(hi[i], _up(bound))
+                ilo[i], ihi[i] = max(ilo[i], _up(bound)), min(ihi[i], _down(bound))
             elif upper:
                 hi[i] = min(hi[i], _up(bound))
+                ihi[i] = min(ihi[i], _down(bound, strict))
             else:
                 lo[i] = max(lo[i], _down(bound))
+                ilo[i] = max(ilo[i], _up(bound, strict))
             if a.op in ("<", ">", "==") or _up(bound) != _down(bound):
                 rest.append(a)  # the box is only the closure (or a float rounding) of this bound
         if np.any(lo > hi):
             return None
-        return Disjunct(lo, hi, rest)
+        return Disjunct(lo, hi, rest, ilo, ihi)
 
     # -- witnesses -----------------------------------------------------------------------------------------
     def holds(self, vals) -> bool:
@@ -426,14 +437,16 @@ class Query:
         return all(ev(a) is True for a in self.assertions)
 
 
-def _down(fr: Fraction) -> float:
+def _down(fr: Fraction, strict: bool = False) -> float:
+    """Largest float64 <= fr (< fr when strict)."""
     f = float(fr)
-    return float(np.nextafter(f, -INF)) if Fraction(f) > fr else f
+    return float(np.nextafter(f, -INF)) if (Fraction(f) > fr or (strict and Fraction(f) == fr)) else f
 
 
-def _up(fr: Fraction) -> float:
+def _up(fr: Fraction, strict: bool = False) -> float:
+    """Smallest float64 >= fr (> fr when strict)."""
     f = float(fr)
-    return float(np.nextafter(f, INF)) if Fraction(f) < fr else f
+    return float(np.nextafter(f, INF)) if (Fraction(f) < fr or (strict and Fraction(f) == fr)) else f
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def sample(problem: Problem, deadline: Deadline, rng, n_random=256, max_corners=
         for p in pts:
             if deadline.expired():
                 return None
-            a = problem.confirm(problem.snap(p, lo, hi), d.atoms)
+            a = problem.confirm(problem.snap(p, *d.inner(lo, hi)), d.atoms)
             if a is not None:
                 return a
     for _ in range(n_random):
@@ -56,7 +56,7 @@ def sample(problem: Problem, deadline: Deadline, rng, n_random=256, max_corners=
             if deadline.expired():
                 return None
             lo, hi = _finite_box(d.lo, d.hi)
-            a = problem.confirm(problem.snap(lo + (hi - lo) * rng.random(len(lo)), lo, hi), d.atoms)
+            a = problem.confirm(problem.snap(lo + (hi - lo) * rng.random(len(lo)), *d.inner(lo, hi)), d.atoms)
             if a is not None:
                 return a
     return None
@@ -132,12 +132,12 @@ def input_split(problem: Problem, deadline: Deadline, smart_dims: int = 16) -> O
         if refuted:
             continue
         if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
-            a = problem.confirm(problem.snap((lo + hi) / 2, lo, hi), d.atoms)
+            a = problem.confirm(problem.snap((lo + hi) / 2, *d.inner(lo, hi)), d.atoms)
             if a is not None:
                 return Outcome("sat", a, detail=f"witness in box {boxes}")
         if all_true:
             for p in (lo, hi):
-                a = problem.confirm(problem.snap(p, lo, hi), d.atoms)
+                a = problem.confirm(problem.snap(p, *d.inner(lo, hi)), d.atoms)
                 if a is not None:
                     return Outcome("sat", a, detail=f"witness at a corner of box {boxes}")
         if problem.q.n_inputs <= smart_dims:

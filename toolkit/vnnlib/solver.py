@@ -42,13 +42,14 @@ def ir_compatible(q: Query) -> str | None:
     if n.hidden:
         return "hidden variables"
     out = set(range(n.outputs[0].offset, n.outputs[0].offset + n.outputs[0].size))
+    inputs = set(int(i) for i in q.input_index)
     for d in q.disjuncts:
         for a in d.atoms:
             if a.lin is None or a.op == "!=":
                 return "non-linear or != atoms"
             if not set(a.lin[0]) <= out:
-                if len(a.lin[0]) == 1 and a.op in ("<", ">", "=="):
-                    continue  # a strict/equality input bound: its closure is in the box
+                if len(a.lin[0]) == 1 and int(next(iter(a.lin[0]))) in inputs:
+                    continue  # an input bound kept for the exact checks: the box holds its closure
                 return "atoms over inputs and outputs together"
     return None
 

@@ -81,10 +81,13 @@ def v1_to_v2(text: str, network: str = "N", x_shape=None, y_shape=None) -> str:
         if typ.lower() != "real":
             raise BadInputError(f"VNN-LIB 1.0 constant of type {typ!r}: only Real is defined in 1.0")
     body = _DECL.sub("", text)
+    declared = {f"{k}_{i}" for k, i, _ in _DECL.findall(text)}
     toks = []
     for t in _TOKEN.findall(body):
         m = _VAR.match(t)
         if m:
+            if t not in declared:
+                raise BadInputError(f"the VNN-LIB 1.0 query uses {t}, which it does not declare")
             i = int(m[2])
             shape = x_shape if m[1] == "X" else y_shape
             t = f"{m[1]}[{_index(i, shape)}]"
