@@ -116,13 +116,16 @@ def main(argv=None) -> int:
     if unknown or "plain" not in methods:
         print(f"train_epoch: error: methods must include 'plain' and come from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    med = measure(methods, args.batches, args.batch, args.eps, args.device, args.data_root)
     import os
+
+    load0 = os.getloadavg()[0]
+    med = measure(methods, args.batches, args.batch, args.eps, args.device, args.data_root)
+    load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs"
 
     text = (f"# Training cost on MNIST Small, {args.device}\n\nCommand: `OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.train_epoch {' '.join(argv)}`\n\n"
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, eps {args.eps} "
-            f"(steps at eps/2, beta 0.5), median of {args.batches} round-robin batches per method.\n\n"
+            f"(steps at eps/2, beta 0.5), median of {args.batches} round-robin batches per method; {load}.\n\n"
             + table(med, args.batch) + "\n")
     print(text)
     if args.out:

@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun``: torch's DistributedDataParallel over the trainer's loss objects.
 
-    torchrun --nproc_per_node 2 -m toolkit train small --eps 0.1 --out m.onnx ...   # gloo on CPU
-    torchrun --nproc_per_node 4 -m toolkit train ... --device cuda                  # NCCL, one GPU per rank
+    torchrun --standalone --nproc_per_node 2 -m toolkit train small --eps 0.1 --out m.onnx ...  # gloo, CPU
+    torchrun --standalone --nproc_per_node 4 -m toolkit train ... --device cuda    # NCCL, a GPU per rank
 
 How (no home-made communication: DDP does the gradient all-reduce):
 
