@@ -348,24 +348,35 @@ def evaluate_cell(cell: dict, onnx: Path, test_ds, out: Path, args, prof: dict):
     return res, time.monotonic() - t0
 
 
-def run_cells(selected, out: Path, work: Path, args, prof: dict) -> None:
+def run_cells(selected, out: Path, work: Path, args, prof: dict) -> list:
+    """Train and evaluate every unfinished cell; returns the failures [(run, message)]. A cell that fails
+    (e.g. training diverged) does not stop the grid: the others still run, and a rerun retries it."""
+    from toolkit.errors import TightcertError
     from toolkit.report import read_report
 
     done = {r.name for r in read_report(out).runs if r.finished}
-    tests = {}
+    tests, failed = {}, []
     for i, cell in enumerate(selected):
         if cell["run"] in done:
             _log(f"[{i + 1}/{len(selected)}] {cell['run']}: finished earlier, skipped")
             continue
-        _log(f"[{i + 1}/{len(selected)}] {cell['run']}: training")
-        onnx, t_train = train_cell(cell, work, args, prof)
-        test_name = cell["test_data"] or cell["dataset"]
-        if test_name not in tests:
-            tests[test_name] = load_dataset(test_name, "test", args.data_root, prof["test_n"])
-        _log(f"[{i + 1}/{len(selected)}] {cell['run']}: evaluating on {len(tests[test_name])} test images")
-        _, t_eval = evaluate_cell(cell, onnx, tests[test_name], out, args, prof)
-        extra = {"onnx": str(onnx), "eval_time_s": t_eval, "train_time_s": t_train}
-        _write_cell_attrs(out, cell, extra)
+        try:
+            _run_cell(i, cell, selected, tests, out, work, args, prof)
+        except TightcertError as e:
+            _log(f"[{i + 1}/{len(selected)}] {cell['run']}: FAILED: {e}")
+            failed.append((cell["run"], str(e)))
+    return failed
+
+
+def _run_cell(i, cell, selected, tests, out, work, args, prof) -> None:
+    _log(f"[{i + 1}/{len(selected)}] {cell['run']}: training")
+    onnx, t_train = train_cell(cell, work, args, prof)
+    test_name = cell["test_data"] or cell["dataset"]
+    if test_name not in tests:
+        tests[test_name] = load_dataset(test_name, "test", args.data_root, prof["test_n"])
+    _log(f"[{i + 1}/{len(selected)}] {cell['run']}: evaluating on {len(tests[test_name])} test images")
+    _, t_eval = evaluate_cell(cell, onnx, tests[test_name], out, args, prof)
+    _write_cell_attrs(out, cell, {"onnx": str(onnx), "eval_time_s": t_eval, "train_time_s": t_train})
 
 
 def load_dataset(name, split, data_root, n):
@@ -554,13 +565,15 @@ def _main(args, command) -> int:
     if not args.table_only:
         check_data(selected, args.data_root)
     open_results(out, args.profile)
-    if not args.table_only:
-        run_cells(selected, out, work, args, prof)
+    failed = [] if args.table_only else run_cells(selected, out, work, args, prof)
     text = markdown(args.profile, out, command, args.header)
+    if failed:
+        text += "\n## Failed cells (rerun the command to retry)\n\n" + \
+            "\n".join(f"* `{run}`: {msg}" for run, msg in failed) + "\n"
     md.write_text(text)
     print(text)
     print(f"results: {out}\ntable:   {md}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -79,3 +79,19 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "w").exists()
+
+
+def test_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch, capsys):
+    from toolkit.errors import BadInputError
+
+    calls = []
+
+    def failing(cell, *a):
+        calls.append(cell["run"])
+        raise BadInputError("training diverged in epoch 1")
+
+    monkeypatch.setattr(table1, "train_cell", failing)
+    assert _run(tmp_path, "--datasets", "mnist", "--eps", "0.1", "--methods", "CP,CP+d") == 1
+    assert len(calls) == 2  # the second cell ran after the first failed
+    md = (tmp_path / "r.md").read_text()
+    assert "## Failed cells" in md and "training diverged" in md and read_report(tmp_path / "r.h5").runs == []
