@@ -15,8 +15,9 @@ results file: clean error, PGD error (the toolkit's margin PGD, ``pgd_steps`` st
 and certified error with the family's certifier (spec §9.5): exact Fast-Lin for CP (no projection), IBP
 then CROWN-IBP (cascade: certified by either) for CROWN-IBP. Every cell is one run of the report
 (``toolkit.report.h5`` layout), named ``<dataset>_<method>_<model>_eps<ε>``; a finished run is skipped on
-a rerun. The training settings of every cell are kept in ``/table1/cells/<run>`` (attrs), the profile in
-the root attrs ``table1_profile`` / ``table1_grid``; a results file of another grid is refused.
+a rerun. The settings of every cell are kept in ``/table1/cells/<run>`` (attrs), the profile in the root
+attr ``table1_profile``; a results file of another grid (another profile, or a cell of the same name made
+with other settings) is refused.
 
 Model keys: a zoo name (``toolkit.zoo``); for CP, ``NAME`` trains with Wong et al.'s random projection to
 ``proj`` = 50 dimensions and ``NAME-exact`` with exact Fast-Lin bounds (the paper's "Exact" rows).
@@ -32,9 +33,11 @@ Profiles (``PROFILES``; the markdown header repeats what a profile reduces):
   5 PGD steps: exercises the whole pipeline in about a minute (tests use it).
 * ``cpu``: about 6 hours on 2 cores. MNIST: CP family on 2×100 (exact), CROWN-IBP family on Small;
   CIFAR-10: CP family on 2×100 (proj 50), CROWN-IBP family on Small. 12,000 (MNIST) / 10,000 (CIFAR)
-  training images, 6 epochs (references: 60 for CP, 100–200 for CROWN-IBP) with the ε ramp and learning-rate
-  decay shrunk in proportion, 1,000 test images, 100 PGD steps. No Small/Large CP rows (exact Fast-Lin
-  training of Small costs tens of seconds per batch on this CPU) and no XLarge rows.
+  training images (of 60,000 / 50,000); CP 6 epochs (reference 60: ε ramp over 2, lr halved every epoch
+  after it), CROWN-IBP 10 epochs (reference 200 / 3200: 1 clean epoch, ramp over 5, lr ×0.1 at 8 and 9,
+  batch 100 instead of 256 / 1024); 1,000 test images (of 10,000), 100 PGD steps. No Small/Large CP rows
+  (exact Fast-Lin training of Small costs ~80 s per batch of 50 on this CPU, projected ~4 s:
+  ``benchmarks/results/train_epoch_cpu.md``) and no XLarge rows.
 * ``paper``: a GPU profile with the reference schedules: CP (2×100, Small, Small exact, Large on MNIST;
   Small, Large on CIFAR) with Wong et al. 2018's settings (§9.4: 60 epochs, batch 50), CROWN-IBP on XLarge
   with the DM-large configs (§3.3: MNIST 200 epochs batch 256; CIFAR 3200 epochs batch 1024), full
@@ -87,7 +90,8 @@ CI_CIFAR = dict(optimizer="adam", lr=5e-4, batch_size=1024, epochs=3200, warmup=
 def _shrunk(ref: dict, epochs: int, **over) -> dict:
     """``ref`` with ``epochs`` epochs, its ε ramp and lr decay scaled in proportion (at least 1 epoch each)."""
     f = epochs / ref["epochs"]
-    out = dict(ref, epochs=epochs, warmup=int(ref["warmup"] * f), ramp=max(1, round(ref["ramp"] * f)))
+    warmup = max(1, round(ref["warmup"] * f)) if ref["warmup"] else 0  # a clean start, as the reference has
+    out = dict(ref, epochs=epochs, warmup=warmup, ramp=max(1, round(ref["ramp"] * f)))
     if ref["lr_schedule"] == "step":
         out["lr_step"] = max(1, round(ref["lr_step"] * f))
     else:
@@ -113,9 +117,11 @@ PROFILES = {
         "models": {"mnist": {"cp": ["mlp_2x100-exact"], "crown-ibp": ["small"]},
                    "cifar10": {"cp": ["mlp_2x100"], "crown-ibp": ["small"]}},
         "train": {"mnist/cp": _shrunk(WONG_MNIST, 6),
-                  "mnist/crown-ibp": _shrunk(CI_MNIST, 6, batch_size=100),
+                  # CROWN-IBP: 10 epochs (cheap once β = 0), 1 clean epoch, the ramp over half of training as
+                  # a fast 2-epoch ramp to ε = 0.4 collapsed to a constant classifier in a first attempt.
+                  "mnist/crown-ibp": _shrunk(CI_MNIST, 10, batch_size=100, ramp=5, lr_milestones=[8, 9]),
                   "cifar10/cp": _shrunk(WONG_CIFAR, 6),
-                  "cifar10/crown-ibp": _shrunk(CI_CIFAR, 6, batch_size=100)},
+                  "cifar10/crown-ibp": _shrunk(CI_CIFAR, 10, batch_size=100, ramp=5, lr_milestones=[8, 9])},
         "train_n": {"mnist": 12000, "cifar10": 10000}, "test_n": 1000, "pgd_steps": 100, "proj": 50,
         "train_eval_n": 20, "eval_batch_size": 200,
     },
@@ -222,39 +228,52 @@ def _data_name(prof, key, ds):
     return str(ROOT / name) if name.endswith(".npz") else name
 
 
-def grid_fingerprint(profile: str) -> str:
-    """What makes two results files comparable: the profile's full settings (not the slice run)."""
-    return json.dumps({"profile": profile, "settings": PROFILES[profile], "methods": METHODS,
-                       "certifier": CERTIFIER, "eps": EPS, "per_eps": {f"{k[0]}@{k[1]}": v for k, v in PER_EPS.items()}},
-                      sort_keys=True, default=str)
+#: The cell fields that decide its results (with the certify settings, which certify checks itself).
+CELL_SETTINGS = ("zoo", "family", "train", "lam", "gamma", "proj", "train_eps", "eps", "train_n", "test_n",
+                 "train_data", "test_data")
+
+
+def _canon(v):
+    """Settings as stored and read back (JSON for dicts/lists, None as null) compare equal."""
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v
 
 
 # -- the results file ------------------------------------------------------------------------------------------
 
-def open_results(out: Path, profile: str) -> None:
-    """Create ``out`` for ``profile``, or check that an existing one was made by the same grid."""
+def open_results(out: Path, profile: str, selected: list) -> None:
+    """Create ``out`` for ``profile``, or check that an existing one comes from the same grid: the same
+    profile, and every selected cell already in it made with the same settings."""
     import h5py
 
     from toolkit.report import ReportWriter, partial_path, read_report
 
-    fp = grid_fingerprint(profile)
     for path in (partial_path(out), out):
         if path.exists():
             read_report(path)  # a clear error for a file that is not a report at all
             with h5py.File(path, "r") as f:
-                old = f.attrs.get("table1_grid")
-                old_profile = f.attrs.get("table1_profile", "?")
-            if old is None:
-                raise _bad(f"{path} is not a table1 results file (no table1_grid attribute); use another --out")
-            if (old.decode() if isinstance(old, bytes) else old) != fp:
-                raise _bad(f"{path} holds results of another grid (profile {old_profile!r} with other settings); "
-                           "use another --out")
+                old_profile = _decode(f.attrs.get("table1_profile"))
+            if old_profile is None:
+                raise _bad(f"{path} is not a table1 results file (no table1_profile attribute); use another --out")
+            if old_profile != profile:
+                raise _bad(f"{path} holds results of another grid (profile {old_profile!r}); use another --out")
+            _check_cells(path, selected)
             return
     out.parent.mkdir(parents=True, exist_ok=True)
     ReportWriter(out).close(finished=True)
     with h5py.File(out, "a") as f:
         f.attrs["table1_profile"] = profile
-        f.attrs["table1_grid"] = fp
+
+
+def _check_cells(path: Path, selected: list) -> None:
+    stored = read_cells(path)
+    for cell in selected:
+        old = stored.get(cell["run"])
+        if old is None:
+            continue
+        for key in CELL_SETTINGS:
+            if _canon(old.get(key)) != _canon(cell[key]):
+                raise _bad(f"{path} holds cell {cell['run']} of another grid ({key} = {_canon(old.get(key))}, now "
+                           f"{_canon(cell[key])}); use another --out")
 
 
 def _write_cell_attrs(out: Path, cell: dict, extra: dict) -> None:
@@ -564,7 +583,7 @@ def _main(args, command) -> int:
         raise _bad(f"--table-only: results file {out} does not exist")
     if not args.table_only:
         check_data(selected, args.data_root)
-    open_results(out, args.profile)
+    open_results(out, args.profile, selected)
     failed = [] if args.table_only else run_cells(selected, out, work, args, prof)
     text = markdown(args.profile, out, command, args.header)
     if failed:

@@ -31,7 +31,7 @@ def test_grid_shape_and_names():
     assert len({c["run"] for c in table1.cells("cpu")}) == len(table1.cells("cpu"))
 
 
-def test_smoke_slice_table_and_rerun(tmp_path, capsys):
+def test_smoke_slice_table_and_rerun(tmp_path, capsys, monkeypatch):
     assert _run(tmp_path, *SLICE) == 0
     cap = capsys.readouterr()
     md = (tmp_path / "r.md").read_text()
@@ -59,12 +59,17 @@ def test_smoke_slice_table_and_rerun(tmp_path, capsys):
     assert _run(tmp_path, *SLICE) == 0
     assert capsys.readouterr().err.count("finished earlier, skipped") == 3
     assert onnx.stat().st_mtime_ns == mtime
+    # the same profile with other settings is another grid: refused before anything runs
+    monkeypatch.setitem(table1.PROFILES["smoke"], "train_n", 32)
+    assert _run(tmp_path, *SLICE) == 2
+    err = capsys.readouterr().err
+    assert "of another grid (train_n = 64, now 32)" in err and err.count("\n") == 1
 
 
 def test_bad_input_one_line_exit_2(tmp_path, capsys):
     other = tmp_path / "other.h5"
     assert table1.main(["--profile", "cpu", "--out", str(other), "--table-only"]) == 2  # no such results file
-    table1.open_results(other, "cpu")
+    table1.open_results(other, "cpu", [])
     cases = [(["--profile", "huge"], "unknown profile 'huge'"),
              (["--profile", "smoke", "--models", "resnet"], "unknown model 'resnet'"),
              (["--profile", "smoke", "--methods", "CP,DiffAI"], "unknown method 'DiffAI'"),
