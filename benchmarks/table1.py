@@ -46,7 +46,6 @@ Profiles (``PROFILES``; the markdown header repeats what a profile reduces):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import re
@@ -153,10 +152,6 @@ The paper's own text (spec §10.4) claims relative improvements of the certified
 
 # -- the grid ------------------------------------------------------------------------------------------------
 
-class GridError(Exception):
-    pass
-
-
 def _bad(msg):
     from toolkit.errors import BadInputError
 
@@ -222,10 +217,12 @@ def _cell(profile, ds, eps_label, test_eps, train_eps, label, key) -> dict:
 
 def _data_name(prof, key, ds):
     """The profile's replacement for a dataset's train/test split (a dataset name or a repo-relative .npz)."""
-    name = prof.get(key, {}).get(ds)
-    if name is None:
-        return None
-    return str(ROOT / name) if name.endswith(".npz") else name
+    return prof.get(key, {}).get(ds)
+
+
+def _resolve(name):
+    """A repo-relative .npz -> its path here (cells store the relative name: results files travel)."""
+    return str(ROOT / name) if name and name.endswith(".npz") else name
 
 
 #: The cell fields that decide its results (with the certify settings, which certify checks itself).
@@ -331,7 +328,8 @@ def train_cell(cell: dict, work: Path, args, prof: dict) -> tuple:
     kw["eps_start"] = min(kw.get("eps_start", 0.0), cell["train_eps"])
     train(cell["zoo"], eps=cell["train_eps"], out=str(onnx), dataset=cell["dataset"], method=cell["family"],
           lam=cell["lam"], gamma=cell["gamma"], proj=cell["proj"], eval_eps=cell["eps"],
-          allow_larger_train_eps=True, train_data=cell["train_data"], test_data=cell["test_data"],
+          allow_larger_train_eps=True, train_data=_resolve(cell["train_data"]),
+          test_data=_resolve(cell["test_data"]),
           train_n=cell["train_n"], test_n=prof["train_eval_n"],
           eval_methods=CERTIFIER[cell["family"]], pgd_steps=min(prof["pgd_steps"], 20), device=args.device,
           data_root=args.data_root, eval_batch_size=prof["eval_batch_size"], seed=args.seed, resume=ckpt.is_file(),
@@ -392,7 +390,7 @@ def _run_cell(i, cell, selected, tests, out, work, args, prof) -> None:
     onnx, t_train = train_cell(cell, work, args, prof)
     test_name = cell["test_data"] or cell["dataset"]
     if test_name not in tests:
-        tests[test_name] = load_dataset(test_name, "test", args.data_root, prof["test_n"])
+        tests[test_name] = load_dataset(_resolve(test_name), "test", args.data_root, prof["test_n"])
     _log(f"[{i + 1}/{len(selected)}] {cell['run']}: evaluating on {len(tests[test_name])} test images")
     _, t_eval = evaluate_cell(cell, onnx, tests[test_name], out, args, prof)
     _write_cell_attrs(out, cell, {"onnx": str(onnx), "eval_time_s": t_eval, "train_time_s": t_train})
@@ -409,7 +407,7 @@ def check_data(selected, data_root) -> None:
     wanted = {(c["train_data"] or c["dataset"], "train") for c in selected} | \
         {(c["test_data"] or c["dataset"], "test") for c in selected}
     for name, split in sorted(wanted):
-        load_dataset(name, split, data_root, 1)
+        load_dataset(_resolve(name), split, data_root, 1)
 
 
 # -- the table -------------------------------------------------------------------------------------------------
