@@ -263,3 +263,28 @@ def test_unsupported_op_names_the_op():
     m = model([h.make_node("Sin", ["x"], ["y"])], [("x", [2])], [("y", None)])
     with pytest.raises(UnsupportedOpError, match="Sin"):
         IntervalNet(OnnxModel(_tmp_model(m)))
+
+
+def test_directed_rounding_is_tight_and_sound():
+    """+ − × ÷ round outward by one ulp only when inexact; float32 mode lands on the float32 grid."""
+    from fractions import Fraction
+
+    m = model([h.make_node("Add", ["x", "c"], ["s"]), h.make_node("Mul", ["s", "c"], ["y"])], [("x", [2])],
+              [("y", None)], [("c", np.float32(0.2))])
+    om = OnnxModel(_tmp_model(m))
+    x = np.array([0.1, 1.0], np.float32).astype(np.float64)
+    real = IntervalNet(om, "real").run([x], [x])["y"]
+    c = Fraction(float(np.float32(0.2)))
+    exact = [(Fraction(v) + c) * c for v in x]
+    for i in range(2):
+        assert Fraction(real.lo[i]) <= exact[i] <= Fraction(real.hi[i])
+        assert real.hi[i] - real.lo[i] <= 4 * np.spacing(abs(real.hi[i]))
+    f32 = IntervalNet(om, "float32").run([x], [x])["y"]
+    ort = om.run([x.astype(np.float32)])["y"].astype(np.float64)
+    assert np.all(f32.lo <= ort) and np.all(ort <= f32.hi)
+    assert np.all(f32.lo.astype(np.float32) == f32.lo) and np.all(f32.hi.astype(np.float32) == f32.hi)
+    assert np.all(f32.hi - f32.lo <= 4 * np.spacing(np.abs(f32.hi).astype(np.float32)))  # two roundings
+    one = model([h.make_node("Add", ["x", "z"], ["y"])], [("x", [1])], [("y", None)], [("z", np.float32(0.0))])
+    for mode in ("real", "float32"):
+        b = IntervalNet(OnnxModel(_tmp_model(one)), mode).run([np.array([1.0])], [np.array([1.0])])["y"]
+        assert b.lo[0] == b.hi[0] == 1.0

@@ -73,6 +73,12 @@ def run_instances(csv_path, out=None, cap=None, seed=0, quiet=False) -> int:
         except TightcertError as e:
             log(f"{vnnlib_rel}: error: {e}")
             verdict = "error"
+        except Exception as e:  # a bug must not end the whole benchmark; it is reported per instance
+            import traceback
+
+            log(f"{vnnlib_rel}: internal error: {type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stderr)
+            verdict = "error"
         elapsed = time.monotonic() - t0
         expected = truth.get(vnnlib_rel, "")
         bad = {"sat": "unsat", "unsat": "sat"}.get(verdict) == expected
