@@ -223,6 +223,16 @@ CASES = {
                h.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32(-1.0))),
                h.make_node("Add", ["x", "k"], ["t"]), h.make_node("Mul", ["t", "nf"], ["u"]),
                h.make_node("Add", ["u", "c"], ["y"])], [("x", [2, 3])], [("y", None)]), [box((2, 3))]),
+    # older opsets (the shared VNN-COMP models are opset 9): attributes instead of inputs
+    "Pad-opset9": lambda: (model([h.make_node("Pad", ["x"], ["y"], pads=[0, 1, 1, 0], value=2.0)],
+                                 [("x", [2, 3])], [("y", None)], opset=9), [box((2, 3))]),
+    "Slice-opset9": lambda: (model([h.make_node("Slice", ["x"], ["y"], starts=[1], ends=[3], axes=[1])],
+                                   [("x", [2, 4])], [("y", None)], opset=9), [box((2, 4))]),
+    "Unsqueeze/ReduceSum/Split-opset11": lambda: (
+        model([h.make_node("Unsqueeze", ["x"], ["u"], axes=[0]),
+               h.make_node("ReduceSum", ["u"], ["r"], axes=[2], keepdims=1),
+               h.make_node("Split", ["x"], ["a", "b"], axis=1, split=[1, 2])],
+              [("x", [2, 3])], [("r", None), ("b", None)], opset=11), [box((2, 3))]),
 }
 
 

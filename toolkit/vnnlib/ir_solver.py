@@ -110,7 +110,7 @@ def _gamma(n, u=U32):
     return k / (1 - k)
 
 
-def float_error(graph, vals: dict, mode: str = "float32", exact=()):
+def float_error(graph, vals: dict, mode: str = "float32", exact=(), rescaled=False):
     """Per-element bound (N, *out) on |model output in the query's semantics - real IR output|.
 
     ``vals``: node key -> (l, u) bounds valid on the domain (for magnitudes).
@@ -118,7 +118,8 @@ def float_error(graph, vals: dict, mode: str = "float32", exact=()):
     node's inputs is propagated through |W| and its own rounding adds γ_{n+2}·Σ|terms| (u = 2^-24).
     ``mode`` "real": the model is a real function; the IR differs from the file only where the importer
     re-expressed constants with one float32 rounding (a Normalize's 1/std and -mean/std; a bias with a
-    folded constant: node names with '+'); those discrepancies are propagated the same way. Nodes in
+    folded constant: node names with '+'; a Gemm's alpha/beta multiplied into W and b: when ``rescaled``,
+    every Linear is charged for it); those discrepancies are propagated the same way. Nodes in
     ``exact`` are treated as exact (the caller accounts for them otherwise, e.g. an input Normalize by
     widening the input box). float64 rounding of the bound computation itself is covered by ``SLACK``."""
     import torch
@@ -138,7 +139,9 @@ def float_error(graph, vals: dict, mode: str = "float32", exact=()):
         if isinstance(node, N.Linear):
             W, b = node.weight.abs(), node.bias.abs()
             e = F.linear(E[0], W) + g(W.shape[1]) * (F.linear(M[0] + E[0], W) + b)
-            if folded and not f32:
+            if not f32 and rescaled:
+                e = e + 2 * U32 * (F.linear(M[0] + E[0], W) + b)
+            elif folded and not f32:
                 e = e + 2 * U32 * b
         elif isinstance(node, N.Conv2d):
             W, b = node.weight.abs(), node.bias.abs().reshape(-1, 1, 1)
@@ -369,6 +372,9 @@ class IRSolver:
         # file's (x - mean)/std by <= 2u(|x||s| + |t|); since it is elementwise and invertible, that is
         # the same as moving x by <= 2u(|x| + |t/s|): widen the boxes by that and treat the node as exact.
         self.exact_nodes, self.widen = set(), None
+        attr = lambda n, k: next((a.f for a in n.attribute if a.name == k), 1.0)
+        self.rescaled = any(n.op_type == "Gemm" and (attr(n, "alpha") != 1.0 or attr(n, "beta") != 1.0)
+                            for n in net.model.proto.graph.node)
         norm = input_normalize(self.graph)
         if norm is not None and problem.mode == "real":
             key, node = norm
@@ -499,7 +505,7 @@ class IRSolver:
             lower = torch.maximum(lower, beta_bounds(self.graph, inp, C, bounds, self.shapes, domains,
                                                      beta_iters).detach())
         lower = lower.numpy()
-        err = float_error(self.graph, vals, self.problem.mode, self.exact_nodes).reshape(n, -1)
+        err = float_error(self.graph, vals, self.problem.mode, self.exact_nodes, self.rescaled).reshape(n, -1)
         y = vals[self.graph.output]
         ymag = torch.maximum(y[0].abs(), y[1].abs()).reshape(n, -1)
         margin = (C.abs() @ err.unsqueeze(-1)).squeeze(-1).numpy()

@@ -201,8 +201,8 @@ _HOLDS = {"<=": lambda d: d <= 0, "<": lambda d: d < 0, ">=": lambda d: d >= 0, 
 class Atom:
     """``lhs - rhs  op  0``; ``text`` is the comparison as the query wrote it (for messages)."""
 
-    def __init__(self, op, lhs: Expr, rhs: Expr, text=""):
-        self.op, self.text = op, text
+    def __init__(self, op, lhs: Expr, rhs: Expr, source=None):
+        self.op, self._source = op, source
         self.expr = Expr("sub", [lhs, rhs])
         self.lin = self.expr.linear()
         if self.lin is not None:
@@ -211,6 +211,11 @@ class Atom:
             self.coef = [self.lin[0][i] for i in idx]
             self.coef_f = np.array([float(c) for c in self.coef])
             self.const = self.lin[1]
+
+    @property
+    def text(self) -> str:
+        """The comparison as the query wrote it (for messages)."""
+        return " ".join(str(self._source).split()) if self._source is not None else self.op
 
     @property
     def indices(self):
@@ -319,7 +324,9 @@ class Query:
         v = self.by_name.get(var.name)
         if v is None:  # the parser checks scoping; this guards against a version that does not
             raise BadInputError(f"{self.source}: unknown variable {var.name!r}")
-        flat = int(np.ravel_multi_index(tuple(var.indices), v.shape)) if v.shape else 0
+        flat = 0
+        for i, d in zip(var.indices, v.shape):  # row-major
+            flat = flat * d + int(i)
         return v.offset + flat
 
     def _convert_arith(self, e) -> Expr:
@@ -346,7 +353,7 @@ class Query:
                (vnnlib.GreaterThan, ">"), (vnnlib.Equal, "=="), (vnnlib.NotEqual, "!=")]
         for cls, op in ops:
             if isinstance(c, cls):
-                return Atom(op, self._convert_arith(c.lhs), self._convert_arith(c.rhs), " ".join(str(c).split()))
+                return Atom(op, self._convert_arith(c.lhs), self._convert_arith(c.rhs), c)
         raise BadInputError(f"{self.source}: unsupported comparison {str(c).strip()!r}")
 
     def _convert_bool(self, e):
@@ -374,41 +381,62 @@ class Query:
             return cache[key][1]
 
         dnfs = [[[atom(c) for c in conj] for conj in d] for d in dnfs]
+        # assertions with one conjunct (the usual input bounds) are in every disjunct: their box once
+        common = [a for d in dnfs if len(d) == 1 for a in d[0]]
+        varying = [d for d in dnfs if len(d) != 1]
+        base = self._disjunct(common)
+        if base is None:
+            return []
         out = []
-        for combo in itertools.product(*dnfs):
-            d = self._disjunct(list(itertools.chain.from_iterable(combo)))
+        for combo in itertools.product(*varying):
+            d = self._disjunct(list(itertools.chain.from_iterable(combo)), base)
             if d is not None:
                 out.append(d)
         return out
 
-    def _disjunct(self, atoms) -> Disjunct | None:
-        lo = np.full(self.n_inputs, -INF)
-        hi = np.full(self.n_inputs, INF)
-        ilo, ihi = lo.copy(), hi.copy()
-        pos = {int(g): i for i, g in enumerate(self.input_index)}
-        rest = []
+    def _input_bound(self, a, pos):
+        """For an atom ``c*X[i] + k op 0``: (i, lo, hi, inner lo, inner hi, keep as atom); else None.
+        Computed once per atom (atoms are shared by the disjuncts)."""
+        if not hasattr(a, "_bound"):
+            a._bound = None
+            if a.lin is not None and len(a.lin[0]) == 1 and a.op != "!=":
+                (g, c), = a.lin[0].items()
+                if g in pos:
+                    i, bound = pos[g], -a.const / c          # c*x + k op 0  <=>  x op' -k/c
+                    upper = (a.op in ("<=", "<")) == (c > 0)
+                    strict = a.op in ("<", ">")
+                    lo, hi, ilo, ihi = -INF, INF, -INF, INF
+                    if a.op == "==":
+                        lo, hi, ilo, ihi = _down(bound), _up(bound), _up(bound), _down(bound)
+                    elif upper:
+                        hi, ihi = _up(bound), _down(bound, strict)
+                    else:
+                        lo, ilo = _down(bound), _up(bound, strict)
+                    # a strict bound's box is its closure: keep the atom, so a box shrunk onto the excluded
+                    # point is refuted (inexact decimals need nothing more: witnesses are checked against
+                    # the original assertions and picked in the inner box)
+                    keep = strict
+                    a._bound = (i, lo, hi, ilo, ihi, keep)
+        return a._bound
+
+    def _disjunct(self, atoms, start: Disjunct | None = None) -> Disjunct | None:
+        if start is None:
+            lo, hi = np.full(self.n_inputs, -INF), np.full(self.n_inputs, INF)
+            ilo, ihi, rest = lo.copy(), hi.copy(), []
+        else:
+            lo, hi, ilo, ihi, rest = (start.lo.copy(), start.hi.copy(), start.ilo.copy(), start.ihi.copy(),
+                                      list(start.atoms))
+        if not hasattr(self, "_pos"):
+            self._pos = {int(g): i for i, g in enumerate(self.input_index)}
         for a in atoms:
-            if a.lin is None or len(a.lin[0]) != 1 or a.op == "!=":
+            b = self._input_bound(a, self._pos)
+            if b is None:
                 rest.append(a)
                 continue
-            (g, c), = a.lin[0].items()
-            if g not in pos:
+            i, l, h, il, ih, keep = b
+            lo[i], hi[i], ilo[i], ihi[i] = max(lo[i], l), min(hi[i], h), max(ilo[i], il), min(ihi[i], ih)
+            if keep:
                 rest.append(a)
-                continue
-            i, bound = pos[g], -a.const / c          # c*x + k op 0  <=>  x op' -k/c
-            upper = (a.op in ("<=", "<")) == (c > 0)
-            strict = a.op in ("<", ">")
-            if a.op == "==":
-                lo[i], hi[i] = max(lo[i], _down(bound)), min(hi[i], _up(bound))
-                ilo[i], ihi[i] = max(ilo[i], _up(bound)), min(ihi[i], _down(bound))
-            elif upper:
-                hi[i] = min(hi[i], _up(bound))
-                ihi[i] = min(ihi[i], _down(bound, strict))
-            else:
-                lo[i] = max(lo[i], _down(bound))
-                ilo[i] = max(ilo[i], _up(bound, strict))
-            if a.op in ("<", ">", "==") or _up(bound) != _down(bound):
-                rest.append(a)  # the box is only the closure (or a float rounding) of this bound
         if np.any(lo > hi):
             return None
         return Disjunct(lo, hi, rest, ilo, ihi)
