@@ -231,3 +231,21 @@ def test_goldens_are_committed():
     assert {f"supports_{f}.txt" for f in CAPABILITIES} <= names
     assert {"name.txt", "version.txt", "verify_sat_two_networks.txt", "verify_sat_v1.txt"} <= names
     assert os.path.getsize(GOLDEN / "verify_sat_two_networks.txt") > 50
+
+
+def test_timeout_is_respected_from_process_start(tmp_path):
+    """A query the engines cannot settle (softmax outputs sum to 1: beyond boxes) answers timed-out within
+    the timeout, counted from process start, and the process exits at once."""
+    import time
+
+    model = save_model(tmp_path / "s.onnx", [h.make_node("Softmax", ["x"], ["y"])], [("x", [2])], [("y", [2])])
+    q = write(tmp_path / "q.vnnlib", "(vnnlib-version <2.0>)\n(declare-network N (declare-input X real [2]) "
+                                     "(declare-output Y real [2]))\n(assert (and (<= X[0] 10.0) (>= X[0] -10.0)))\n"
+                                     "(assert (and (<= X[1] 10.0) (>= X[1] -10.0)))\n"
+                                     "(assert (> (+ Y[0] Y[1]) 1.01))\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", str(q), "--network", f"N={model}",
+                        "--timeout", "3"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    wall = time.monotonic() - t0
+    assert r.returncode == 0 and r.stdout == "timed-out\n", r.stderr
+    assert wall < 3.0, wall

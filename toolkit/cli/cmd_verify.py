@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 
 NAME = "verify"
 HELP = "decide a VNN-LIB query (VNN-LIB 2.0 solver interface) or a VNN-COMP instances.csv"
@@ -88,12 +89,53 @@ def run(args) -> int:
         raise BadInputError("verify needs a QUERY file (or --instances CSV)")
     from toolkit.vnnlib.budget import Deadline
 
-    deadline = Deadline.from_process_start(args.timeout)
+    # the standard's timeout counts from process start; an in-process call (tests, the Python API) from now
+    deadline = Deadline.from_process_start(args.timeout) if _is_cli_process() else Deadline(args.timeout)
+    box = {}
+
+    def work():
+        try:
+            box["text"] = _solve(args, deadline)
+        except BaseException as e:  # re-raised in the main thread, where the CLI reports it
+            box["error"] = e
+
+    # The search runs in a worker thread so that one long bound computation cannot keep the answer past
+    # the timeout: at the hard stop the main thread answers timed-out whatever the worker is doing.
     with _stdout_to_stderr():
-        text = _solve(args, deadline)
+        worker = threading.Thread(target=work, name="tightcert-verify", daemon=True)
+        worker.start()
+        worker.join(_hard_stop(args.timeout, deadline))
+    if "error" in box:
+        raise box["error"]
+    text = box.get("text")
+    if text is None:
+        if not args.quiet:
+            print(f"tightcert: timed-out (the search was still running at the hard stop, "
+                  f"{deadline.elapsed():.2f} s)", file=sys.stderr)
+        text = "timed-out\n"
     sys.stdout.write(text)
     sys.stdout.flush()
+    if _is_cli_process():  # a driver waits for the process to exit: skip the slow interpreter teardown
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+def _hard_stop(timeout, deadline):
+    """Seconds the main thread waits for the worker: up to timeout - max(0.5 s, 5 %) from process start."""
+    if timeout is None:
+        return None
+    import time
+
+    stop = deadline.start + timeout - max(0.5, 0.05 * timeout)
+    return max(0.0, stop - time.monotonic())
+
+
+def _is_cli_process() -> bool:
+    """True when this process is ``tightcert verify ...`` itself (not a test calling ``main`` in-process)."""
+    from pathlib import Path
+
+    return Path(sys.argv[0]).name in ("tightcert", "__main__.py") and "verify" in sys.argv[1:4]
 
 
 def _solve(args, deadline) -> str:

@@ -40,6 +40,7 @@ INPUT_SPLIT_DIMS = 16
 U32 = 2.0 ** -24
 SLACK = 2.0 ** -30
 BATCH = 32
+MAX_CONFIRM = 8
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def input_normalize(graph):
 # ---------------------------------------------------------------------------------------------------------
 # bounds on a batch of domains
 # ---------------------------------------------------------------------------------------------------------
-def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, first_dirty=0):
+def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, first_dirty=0, timing=None):
     """Intermediate bounds for a batch of domains: IBP ∩ CROWN layer by layer, clamped to fixed ReLU signs.
 
     clamps: pre-activation key -> (active mask, inactive mask), each (N, *shape) bool.
@@ -198,7 +199,9 @@ def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, 
     ``first_dirty[i]`` of ``needs_bounds`` are taken from it (their inputs did not change), later ones are
     recomputed (for the samples that need it) and intersected with it (the parent's bounds hold on the
     child's domain too, so intersecting stays sound).
+    ``timing``: when a dict, receives the seconds each key's backward passes took.
     Returns (bounds of the needed keys, bounds of every node, per-sample "proved empty" flags)."""
+    import time
     import torch
 
     from toolkit.bounds.engine import CHUNK_ELEMS, _node_bounds_backward, needs_bounds
@@ -231,7 +234,10 @@ def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, 
                 if only.numel():
                     sub_inp = inp[sel] if len(sel) < n else inp
                     sub_b = bounds if len(sel) == n else {k: (a[sel], b[sel]) for k, (a, b) in bounds.items()}
+                    t0 = time.monotonic()
                     bl, bu = _node_bounds_backward(graph, key, sub_inp, sub_b, shapes, "crown", CHUNK_ELEMS, only)
+                    if timing is not None:
+                        timing[key] = time.monotonic() - t0
                     sub_l[:, only] = torch.maximum(sub_l[:, only], bl)
                     sub_u[:, only] = torch.minimum(sub_u[:, only], bu)
                     fl[sel], fu[sel] = sub_l, sub_u
@@ -386,6 +392,7 @@ class IRSolver:
         self.tick = 0
         self.n_domains = 0
         self._root_pre = None
+        self.key_cost = {}           # seconds per sample of each key's intermediate bounds (measured at the root)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _t(self, a):
@@ -403,7 +410,7 @@ class IRSolver:
             return None
         xs = self.torch.cat([c[2] for c in cands])
         y = self._forward(xs).numpy()
-        start = 0
+        start, tries = 0, 0
         for group, alive, pts in cands:
             g = self.groups[group]
             A, c, strict, owner = g.rows()
@@ -412,6 +419,9 @@ class IRSolver:
                 for si in np.nonzero(alive)[0]:
                     rows = owner == si
                     if np.all(v[b, rows] <= 1e-7 * (1 + np.abs(c[rows]))):
+                        tries += 1
+                        if tries > MAX_CONFIRM or self.deadline.expired():
+                            return None  # each confirmation runs onnxruntime and exact arithmetic
                         d = self.problem.q.disjuncts[g.specs[si].index]
                         x = pts[b].reshape(-1).numpy()
                         a = self.problem.confirm(self.problem.snap(x, d.ilo, d.ihi), d.atoms)
@@ -484,7 +494,10 @@ class IRSolver:
                       for k in domains[0].cached}
             first_dirty = [d.first_dirty for d in domains]
         if pre is None:
-            bounds, vals, empty = domain_bounds(self.graph, inp, self.shapes, clamps, cached, first_dirty)
+            timing = {} if cached is None else None
+            bounds, vals, empty = domain_bounds(self.graph, inp, self.shapes, clamps, cached, first_dirty, timing)
+            if timing is not None and not any(d.splits for d in domains):  # the root: cost per key and sample
+                self.key_cost = {k: max(self.key_cost.get(k, 0.0), t / n) for k, t in timing.items()}
         else:  # intermediate bounds of an earlier call on the same domains
             bounds, vals, empty = pre
         # only the rows of the specs still alive in each domain
@@ -573,15 +586,29 @@ class IRSolver:
                 alive = np.zeros(len(g.specs), bool)
                 alive[si] = True
                 heapq.heappush(heap, Domain(-math.inf, self._next(), gi, self._t(g.lo), self._t(g.hi), alive))
-        # batch size adapts to the measured cost per domain, so a batch never runs past the deadline
-        stuck, per_domain, size = 0, per_domain0, 1
+        # Batches are filled while their estimated cost fits in a third of the time left: per domain, a
+        # measured base cost (final pass, β, candidates) plus the root-measured cost of every intermediate
+        # layer it must recompute (a split in an early layer recomputes all later ones).
+        stuck, base = 0, per_domain0
+        full = sum(self.key_cost.values())
+
+        def cost(d):
+            if d.cached is None:
+                return base + full
+            return base + sum(t for k, t in self.key_cost.items() if self.needs[k] >= d.first_dirty)
+
         while heap:
             rem = self.deadline.remaining()
-            if per_domain:
-                size = int(max(1, min(BATCH, rem / (2.0 * per_domain))))
-            if rem <= 1.5 * per_domain * size:
-                return Outcome("timed-out", detail=f"branch and bound: {self.n_domains} domains, {len(heap)} open")
-            batch = [heapq.heappop(heap) for _ in range(min(size, len(heap)))]
+            batch, est = [], 0.0
+            while heap and len(batch) < BATCH and est + cost(heap[0]) <= rem / 3:
+                est += cost(heap[0])
+                batch.append(heapq.heappop(heap))
+            if not batch:
+                if not heap or cost(heap[0]) * 1.5 >= rem:
+                    return Outcome("timed-out", detail=f"branch and bound: {self.n_domains} domains, "
+                                                       f"{len(heap)} open")
+                first = heapq.heappop(heap)
+                batch, est = [first], cost(first)
             t0 = time.monotonic()
             results, res, bounds = self.evaluate(batch, method, alpha_iters, beta_iters=beta_iters)
             self.n_domains += len(batch)
@@ -601,8 +628,9 @@ class IRSolver:
                 for kid in kids:
                     kid.priority, kid.tick, kid.alive, kid.floor = gap, self._next(), keep[i], results[i][2]
                     heapq.heappush(heap, kid)
-            took = (time.monotonic() - t0) / len(batch)
-            per_domain = took if not per_domain else max(0.7 * per_domain + 0.3 * took, 1e-4)
+            recompute = sum(cost(d) - base for d in batch)
+            took = max(0.0, (time.monotonic() - t0 - recompute)) / len(batch)
+            base = took if not base else max(0.7 * base + 0.3 * took, 1e-4)
         if stuck:
             return Outcome("unknown", detail=f"{stuck} domains could not be split further "
                                              f"({self.n_domains} domains)")
