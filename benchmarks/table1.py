@@ -560,7 +560,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        return _main(args, "python -m benchmarks.table1 " + " ".join(argv))
+        shown = [a for i, a in enumerate(argv) if a != "--header" and (i == 0 or argv[i - 1] != "--header")]
+        return _main(args, "python -m benchmarks.table1 " + " ".join(shown))
     except TightcertError as e:
         print(f"table1: error: {e}", file=sys.stderr)
         return 2
