@@ -52,32 +52,38 @@ def _linear_part(node, P: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, k, *out.shape[1:])
 
 
-def _pad_cols(G, m):
-    if G.shape[1] == m:
-        return G
-    return torch.cat([G, G.new_zeros(G.shape[0], m - G.shape[1], *G.shape[2:])], 1)
-
-
-def _relu_generators(l, u, G, k, generator):
-    """The ReLU's new intercept generators δ = b̄/2 + (b̄/2)·e (§1.5) and the slopes/centre shift."""
+def _relu_form(f, l, u, key, k, generator):
+    """The ReLU's form: slopes times the input form, plus its intercept generators δ = b̄/2 + (b̄/2)·e
+    (§1.5). Exact mode keeps one generator per (sample, unstable neuron) as a sparse block (T rows, each
+    owned by one sample — as convex_adversarial does), not a dense (N, |∪ unstable|) block."""
     unstable, slope, intercept = chord(l, u)
     half = intercept / 2
+    G = slope.unsqueeze(1) * f.full()
     if k is not None:  # projected: a fresh Cauchy projection of diag(b̄/2), summed into the k columns
-        return slope, half, cauchy(G.shape, G, generator) * half.unsqueeze(1)
+        return _Form(slope * f.c + half, G + cauchy(G.shape, G, generator) * half.unsqueeze(1))
     n = l.shape[0]
-    cols = unstable.reshape(n, -1).any(0).nonzero().flatten()  # union over the batch
-    new = l.new_zeros(n, cols.numel(), l[0].numel())
-    new[:, torch.arange(cols.numel(), device=l.device), cols] = half.reshape(n, -1)[:, cols]
-    return slope, half, new.reshape(n, cols.numel(), *l.shape[1:])
+    flat_slope = slope.reshape(n, -1)
+    sparse = {kk: (g * flat_slope[owner].reshape(g.shape), owner) for kk, (g, owner) in f.sparse.items()}
+    owner, j = unstable.reshape(n, -1).nonzero(as_tuple=True)
+    if owner.numel() == 0:  # no unstable neuron in the batch: no new generators
+        return _Form(slope * f.c + half, G, None, sparse)
+    rows = l.new_zeros(owner.numel(), l[0].numel())
+    rows[torch.arange(owner.numel(), device=l.device), j] = half.reshape(n, -1)[owner, j]
+    sparse[key] = (rows.reshape(owner.numel(), *l.shape[1:]), owner)
+    return _Form(slope * f.c + half, G, None, sparse)
 
 
 class _Form:
-    """c + G·e. In exact mode the input block starts shared across the batch: G (1, d, ...) with a
-    per-sample column scale (N, d) (true G[n] = G[0]·diag(scale[n])), so the first affine layers run
-    once on the identity instead of once per sample; it is materialised at the first ReLU."""
+    """c + G·e over independent generators e ∈ [−1, 1].
 
-    def __init__(self, c, G, scale=None):
-        self.c, self.G, self.scale = c, G, scale
+    G: the input block, dense (N, m, ...) or — exact mode — shared across the batch, (1, d, ...) with a
+    per-sample column scale (N, d) (true G[n] = G[0]·diag(scale[n])), so the first affine layers run once on
+    the identity instead of once per sample; it is materialised at the first ReLU.
+    sparse: ReLU key -> (rows (T, ...), owner (T,)): that ReLU's intercept generators, one row per
+    (sample, unstable neuron), owned by sample ``owner``."""
+
+    def __init__(self, c, G, scale=None, sparse=None):
+        self.c, self.G, self.scale, self.sparse = c, G, scale, dict(sparse or {})
 
     def full(self):
         if self.scale is None:
@@ -85,11 +91,29 @@ class _Form:
         n, d = self.scale.shape
         return self.G * self.scale.reshape(n, d, *([1] * (self.G.dim() - 2)))
 
+    def affine(self, node):
+        sparse = {k: (_linear_part(node, g.unsqueeze(1)).squeeze(1), o) for k, (g, o) in self.sparse.items()}
+        return _Form(node(self.c), _linear_part(node, self.G), self.scale, sparse)
+
+    def __add__(self, other):
+        if self.scale is not None and self.scale is other.scale:
+            G, scale = self.G + other.G, self.scale
+        else:
+            G, scale = self.full() + other.full(), None
+        sparse = dict(self.sparse)
+        for k, (g, o) in other.sparse.items():  # the same ReLU's block reached by two paths: same rows
+            sparse[k] = (sparse[k][0] + g, o) if k in sparse else (g, o)
+        return _Form(self.c + other.c, G, scale, sparse)
+
     def radius(self, k):
         if self.scale is not None:  # Σ_j |G_j| rad_j as one matrix product
             d = self.G.shape[1]
-            return (self.scale @ self.G.abs().reshape(d, -1)).reshape(self.c.shape)
-        return self.G.abs().median(dim=1).values if k is not None else self.G.abs().sum(1)
+            r = (self.scale @ self.G.abs().reshape(d, -1)).reshape(self.c.shape)
+        else:
+            r = self.G.abs().median(dim=1).values if k is not None else self.G.abs().sum(1)
+        for g, owner in self.sparse.values():
+            r = r.index_add(0, owner, g.abs())
+        return r
 
 
 def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=None) -> dict:
@@ -107,7 +131,6 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
     forms = {INPUT: first}
     bounds = {INPUT: (lo, hi)}
     needed = set(needed)
-    width = first.G.shape[1]
     last_use = {i: max(graph.order.index(c) for c in graph.order if i in graph.edges[c])
                 for i in [INPUT, *graph.order] if any(i in graph.edges[c] for c in graph.order)}
     last_needed = max((graph.order.index(k) for k in needed), default=-1)
@@ -115,28 +138,12 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
         node = graph.nodes[key]
         ins = [forms[i] for i in graph.edges[key]]
         if isinstance(node, N.Add):
-            a, b = ins
-            if a.scale is not None and a.scale is b.scale:
-                forms[key] = _Form(a.c + b.c, a.G + b.G, a.scale)
-            else:
-                Ga, Gb = a.full(), b.full()
-                m = max(Ga.shape[1], Gb.shape[1])
-                forms[key] = _Form(a.c + b.c, _pad_cols(Ga, m) + _pad_cols(Gb, m))
+            forms[key] = ins[0] + ins[1]
         elif isinstance(node, N.ReLU):
-            f = ins[0]
             l, u = bounds[graph.edges[key][0]]
-            G = f.full()
-            slope, half, new = _relu_generators(l, u, G, k, generator)
-            G = slope.unsqueeze(1) * G
-            if k is None:
-                G = torch.cat([_pad_cols(G, width), new], 1)
-                width = G.shape[1]
-            else:
-                G = G + new
-            forms[key] = _Form(slope * f.c + half, G)
+            forms[key] = _relu_form(ins[0], l, u, key, k, generator)
         elif node.affine:
-            f = ins[0]
-            forms[key] = _Form(node(f.c), _linear_part(node, f.G), f.scale)
+            forms[key] = ins[0].affine(node)
         else:
             raise UnsupportedOpError(node.op, node.onnx_name, method="fastlin (forward)" if k is None else "cp-proj")
         if key in needed:
