@@ -54,8 +54,9 @@ def _cases():
         plan = PLAN.get(d.name, {})
         for m in CHEAP + ("fastlin", "crown", "alpha-crown"):
             rows = "all" if m in CHEAP else plan.get(m, "model not in PLAN: cheap methods only")
-            marks = () if rows in ("all", "sat") else pytest.mark.skip(reason=f"{d.name} {m}: {rows}")
-            out.append(pytest.param(d.name, m, rows, marks=marks, id=f"{d.name}-{m}"))
+            if rows not in ("all", "sat"):
+                continue  # left out for test time; the reason is in PLAN (certify's own tests run crown on them)
+            out.append(pytest.param(d.name, m, rows, id=f"{d.name}-{m}"))
     return out or [pytest.param(None, None, None, marks=pytest.mark.skip(reason="no shared models"))]
 
 
