@@ -68,8 +68,9 @@ def experiments() -> dict:
                                   CP_COMMON + CP_REG_WEAK + ["--seed", str(seed)])
     exps["ci1_s0"] = ("ci1", "attempt 1: CROWN-IBP, seed 0", CI_ATTEMPT1 + ["--seed", "0"])
     exps["ci1r_s0"] = ("ci1", "attempt 1: CROWN-IBP + r, seed 0", CI_ATTEMPT1 + CI_REG + ["--seed", "0"])
-    exps["ci_s0"] = ("ci", "CROWN-IBP, seed 0", CI_COMMON + ["--seed", "0"])
-    exps["cir_s0"] = ("ci", "CROWN-IBP + r, seed 0", CI_COMMON + CI_REG + ["--seed", "0"])
+    for seed in (0, 1):
+        exps[f"ci_s{seed}"] = ("ci", f"CROWN-IBP, seed {seed}", CI_COMMON + ["--seed", str(seed)])
+        exps[f"cir_s{seed}"] = ("ci", f"CROWN-IBP + r (γ=0.0005), seed {seed}", CI_COMMON + CI_REG + ["--seed", str(seed)])
     exps["ft_cp"] = ("ft", "fine-tune, CP only", FT_COMMON)
     exps["ft_cpdr"] = ("ft", "fine-tune, CP + d + r", FT_COMMON + FT_REG)
     return exps
