@@ -153,7 +153,3 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
             if last_use.get(i, -1) <= pos:
                 forms.pop(i, None)
     return bounds
-
-
-def projected_bounds(graph, inp, shapes, needed, k: int = 50, generator=None) -> dict:
-    return forward_bounds(graph, inp, shapes, needed, k=k, generator=generator)

@@ -7,8 +7,6 @@ node type, so adding an op means adding one class here and one rule there.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
