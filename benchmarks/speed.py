@@ -121,8 +121,7 @@ def measure(net, method, batch, device):
             with torch.no_grad():
                 dual = ca.DualNetwork(seq.to(device), x, eps, bounded_input=True)
                 return dual(C).mean()  # dual(c) is a lower bound of c·f (robust_loss uses -dual(c) as logits)
-        grad = torch.enable_grad() if method == "alpha-crown" else torch.no_grad()
-        with grad:
+        with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
             return compute_bounds(graph, inp, C, method, alpha_iters=20).lower.mean()
 
     if method == "convex_adversarial" and prepended:

@@ -301,6 +301,45 @@ def test_bounds_do_not_depend_on_batching_or_chunking(net, method):
         assert torch.allclose(one, full[n:n + 1], rtol=1e-12, atol=1e-12)
 
 
+def _two_relus_share_one_coefficient():
+    """fc1 feeds a ReLU directly and, through fc2, another ReLU; Add joins them. The backward pass hands the
+    same coefficient tensor to both ReLUs, so the no-grad rule must not overwrite it (``_exclusive``)."""
+    from toolkit.ir import Add, Graph, InputSpec, Linear, ReLU
+
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=DT)  # noqa: E731
+    nodes = [("fc1", Linear(r(6, 4), r(6) * 0.1), ("input",)), ("relu_a", ReLU(), ("fc1",)),
+             ("fc2", Linear(r(6, 6) / 2, r(6) * 0.1), ("fc1",)), ("relu_b", ReLU(), ("fc2",)),
+             ("add", Add(), ("relu_b", "relu_a")), ("fc3", Linear(r(3, 6), r(3) * 0.1), ("add",))]
+    return Graph(nodes, "fc3", InputSpec((4,)))
+
+
+@pytest.mark.parametrize("method", ("crown-ibp", "fastlin", "fastlin/backward", "crown", "crown/intersect-ibp"))
+@pytest.mark.parametrize("net", ("mlp_deep", "conv", "conv_res_norm", "pool", "smooth", "shared_coefficient"))
+def test_no_grad_memory_saving_path_equals_autograd_path(net, method):
+    """Without autograd the ReLU and conv rules work slice by slice and may overwrite coefficients in place
+    (issue 4's memory target); with autograd they use whole tensors. Both must give the same numbers —
+    intermediate bounds, lower and upper — including with tiny chunks and a coefficient shared by two
+    branches."""
+    meth, options = VARIANTS.get(method, (method, {}))
+    if net == "shared_coefficient":
+        graph = _two_relus_share_one_coefficient()
+        inp = InputSet.from_eps(torch.randn(3, 4, generator=torch.Generator().manual_seed(6), dtype=DT), 0.5, clip=None)
+        C = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(7), dtype=DT)
+    else:
+        c = case(net, 0, True)
+        graph, inp, C = c.graph, c.inp, c.C
+    for chunk in (64, 2 ** 25):
+        with torch.enable_grad():
+            ref = compute_bounds(graph, inp, C, meth, bound_upper=True, chunk_elems=chunk, **options)
+        with torch.no_grad():
+            low = compute_bounds(graph, inp, C, meth, bound_upper=True, chunk_elems=chunk, **options)
+        close = lambda a, b: torch.allclose(a.detach(), b, rtol=1e-12, atol=1e-12)  # noqa: E731
+        assert close(ref.lower, low.lower) and close(ref.upper, low.upper)
+        for key, (l, u) in ref.bounds.items():
+            assert close(l, low.bounds[key][0]) and close(u, low.bounds[key][1]), key
+
+
 def test_cp_proj_is_flagged_and_never_certifies():
     """cp-proj's bounds are probabilistic (random projections): the result says so and refuses to certify."""
     c = case("mlp", 0, True)

@@ -46,7 +46,7 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
         xb, yb = xt[i:i + batch_size], y[i:i + batch_size]
         e = per_sample[i:i + batch_size] if per_sample is not None else eps_t.to(device)
         inp = InputSet.from_eps(xb, e, clip=clip)
-        with torch.no_grad() if method != "alpha-crown" else torch.enable_grad():
+        with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
             res = compute_bounds(graph, inp, None, method, labels=yb, **opts)
             eye = torch.eye(k, dtype=dtype, device=device).expand(len(xb), k, k)
             logits = compute_bounds(graph, inp, eye, method, bound_upper=True, **opts)

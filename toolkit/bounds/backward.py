@@ -37,6 +37,15 @@ class BackwardContext:
     #: upper bound's extra constant Σ|ν|·b̄ is accumulated here (see ``symmetric_bounds``).
     symmetric: bool = False
     sym_extra: torch.Tensor | float = 0.0
+    #: Set by ``backward_pass`` per node: the rule may overwrite A in place (no autograd, no record, and no
+    #: other live coefficient or the caller's start tensor shares A's memory). Keeps peak memory near one
+    #: coefficient tensor (issue 4's memory target).
+    overwrite: bool = False
+
+    @property
+    def low_memory(self) -> bool:
+        """Whole-tensor temporaries are only needed for autograd (training) and for the recorded optimum."""
+        return not (torch.is_grad_enabled() or self.recording)
 
     def relaxation(self, node, l, u):
         rel = relax(l, u, self.slope_rule)
@@ -49,13 +58,12 @@ class BackwardContext:
             rel.lower_slope = torch.where(rel.unstable.unsqueeze(1), alpha, active)
         return rel
 
-    def record(self, node, rel, A):
-        if self.symmetric:
-            self.sym_extra = self.sym_extra + (A.abs() * rel.upper_intercept).flatten(2).sum(-1)
-        if self.recording:
-            # The optimum sits on the upper line exactly where the coefficient is negative (§4.2).
-            self.records[self.key] = dict(relax=rel, nu=A.detach(),
-                                          upper_line=(A < 0) & rel.unstable.unsqueeze(1))
+    def add_sym_extra(self, extra):
+        self.sym_extra = self.sym_extra + extra
+
+    def record(self, node, rel, A, negative):
+        # The optimum sits on the upper line exactly where the coefficient is negative (§4.2).
+        self.records[self.key] = dict(relax=rel, nu=A.detach(), upper_line=negative & rel.unstable.unsqueeze(1))
 
 
 def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -64,6 +72,21 @@ def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     mid, rad = ((hi + lo) / 2).reshape(n, 1, -1), ((hi - lo) / 2).reshape(n, 1, -1)
     gf = g.reshape(n, s, -1)
     return const + (gf * mid).sum(-1) - (gf.abs() * rad).sum(-1)
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _exclusive(A_out, A_start, live) -> bool:
+    """True when nothing else can see A_out's memory: not the caller's tensor, no other pending coefficient
+    (residual Add hands the same tensor to both branches), no stride-0 (expanded) axis."""
+    if A_out.requires_grad or torch.is_grad_enabled():
+        return False
+    if any(st == 0 and sz > 1 for st, sz in zip(A_out.stride(), A_out.shape)):
+        return False
+    ptr = _storage(A_out)
+    return ptr != _storage(A_start) and all(_storage(t) != ptr for t in live)
 
 
 def backward_pass(graph, start: str, A: torch.Tensor, bounds: dict, shapes: dict, ctx: BackwardContext):
@@ -79,6 +102,7 @@ def backward_pass(graph, start: str, A: torch.Tensor, bounds: dict, shapes: dict
         STATS["max_coeff_elems"] = max(STATS["max_coeff_elems"], A_out.numel())
         node, in_keys = graph.nodes[key], graph.edges[key]
         ctx.key = key
+        ctx.overwrite = _exclusive(A_out, A, coeffs.values())
         in_bounds = [bounds.get(k) for k in in_keys] if isinstance(node, NONLINEAR) else None
         A_ins, c = rule_for(node, ctx.method).backward(node, A_out, in_bounds, [shapes[k] for k in in_keys],
                                                        ctx)

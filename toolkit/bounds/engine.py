@@ -26,7 +26,7 @@ from toolkit.spec import InputSet, margin_spec, scatter_margins
 from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
-from .result import BoundResult, LayerOptimum, optimal_input
+from .result import BoundResult, LayerOptimum
 
 METHODS = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown", "cp-proj")
 #: (intermediate bounds, final lower-slope rule)
@@ -208,7 +208,7 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
         # Keep CROWN's bound wherever recomputation rounding left α-CROWN a hair below it.
         lower = torch.maximum(lower_a, lower)
         g, records = g_a, records_a
-    res = BoundResult(method, lower, C, g=g, z0=optimal_input(g, inp.lo, inp.hi, inp.x), x=inp.x,
+    res = BoundResult(method, lower, C, g=g, x=inp.x, box=(inp.lo, inp.hi),
                       bounds=bounds, probabilistic=(method == "cp-proj"))
     res.layers = {k: LayerOptimum(pre=graph.edges[k][0], l=bounds[graph.edges[k][0]][0],
                                   u=bounds[graph.edges[k][0]][1], unstable=r["relax"].unstable,

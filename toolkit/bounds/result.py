@@ -50,11 +50,21 @@ class BoundResult:
     C: torch.Tensor
     upper: torch.Tensor | None = None   # (N, S) upper bounds when asked for
     g: torch.Tensor | None = None       # (N, S, *in_shape) input coefficients of the final pass
-    z0: torch.Tensor | None = None      # (N, S, *in_shape) the relaxation's optimal input x + δ*₀
     x: torch.Tensor | None = None       # (N, *in_shape) the centre
+    box: tuple | None = None            # (lo, hi) of the input set: the optimum is computed on first use
     layers: dict = field(default_factory=dict)   # ReLU key -> LayerOptimum
     bounds: dict = field(default_factory=dict)   # node key -> (l, u) used for relaxations
     probabilistic: bool = False         # True for cp-proj: never a certificate
+
+    _z0: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def z0(self) -> torch.Tensor:
+        """(N, S, *in_shape) the relaxation's optimal input x + δ*₀ (computed lazily: certification never
+        needs it, and it is as large as g)."""
+        if self._z0 is None:
+            self._z0 = optimal_input(self.g, self.box[0], self.box[1], self.x)
+        return self._z0
 
     @property
     def delta0(self):
