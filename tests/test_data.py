@@ -84,7 +84,10 @@ def test_cifar_train_counts_by_listing_and_a_slice():
     assert np.bincount([m[0] for m in members]).tolist() == [5000] * 10
     ds = load_dataset("cifar10", "train", SHARED_DATA, indices=[0, 49999])
     assert_pixels(ds, 2, (3, 32, 32))
-    assert ds.y.tolist() == [0, 9] and "JPEG" in ds.name  # class-major order: airplane first, truck last
+    assert ds.y.tolist() == [0, 9] and "JPEG" in ds.name  # interleaved order: airplane first, truck last
+    # Any prefix is class-balanced (a class-major order would give train_n = 10,000 only two classes).
+    head = load_dataset("cifar10", "train", SHARED_DATA, n=1000)
+    assert np.bincount(head.y.numpy(), minlength=10).tolist() == [100] * 10
     with pytest.raises(BadDataError, match="out of range"):
         load_dataset("cifar10", "train", SHARED_DATA, indices=[50000])
 
@@ -147,12 +150,15 @@ def _image_folder(root, split, per_class, classes=cifar.CLASSES):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
 
 
-def test_cifar_image_folder_without_label_order_is_class_major(tmp_path):
+def test_cifar_image_folder_without_label_order_interleaves_classes(tmp_path):
     _image_folder(tmp_path, "test", 2)
     ds = load_dataset("cifar10", "test", tmp_path)
     assert_pixels(ds, 20, (3, 32, 32))
-    assert ds.y.tolist() == [c for c in range(10) for _ in range(2)]
-    assert ds.meta["index"].startswith("class-major")
+    assert ds.y.tolist() == list(range(10)) * 2
+    assert ds.index.tolist() == list(range(20))
+    assert ds.meta["index"].startswith("interleaved")
+    first = load_dataset("cifar10", "test", tmp_path, n=10)
+    assert first.y.tolist() == list(range(10)) and torch.equal(first.x, ds.x[:10])
 
 
 def test_cifar_unknown_class_folder_and_missing_split(tmp_path):

@@ -16,8 +16,10 @@ Sources, looked for under ``<root>/cifar10/`` (and ``<root>/`` itself):
 Order and ``index``: the test split is in original test order when ``test_labels_all`` (from
 ``cifar10_test_exact.npz``) is available: ``test/<class>/NNNN.jpg`` is the NNNN-th test image of that
 class, i.e. original index ``np.where(test_labels_all == c)[0][NNNN]`` (data README). Without it, and for
-the train split (whose numbering is unverified), the order is class-major (class, then file number)
-and ``index`` is that position; ``meta["index"]`` says which.
+the train split (whose numbering is unverified), the order interleaves the classes (file number, then
+class: airplane 0, automobile 0, …, truck 0, airplane 1, …) so that the first ``n`` images — the
+trainer's ``train_n`` — are class-balanced (class-major order would give the first 10,000 train images
+only two classes); ``index`` is that position and ``meta["index"]`` says which order was used.
 """
 from __future__ import annotations
 
@@ -188,9 +190,10 @@ def _load_jpeg(src: Path, split: str, n, indices, labels_all) -> Dataset:
         order = np.argsort(original, kind="stable")
         index_kind = "original"
     else:
-        original = np.arange(len(members), dtype=np.int64)
-        order = original.copy()
-        index_kind = "class-major order (original order unknown)"
+        order = np.lexsort(([m[0] for m in members], [m[1] for m in members]))  # by number, then class
+        original = np.empty(len(members), dtype=np.int64)
+        original[order] = np.arange(len(members))  # index = position in the interleaved order
+        index_kind = "interleaved by class (file number, then class; original order unknown)"
     rows = selected_rows(len(members), n, indices, f"CIFAR-10 {split} ({src.name})")
     picked = [members[i] for i in order[rows]]
     x = np.stack([_decode(m[2], f"{split}/{CLASSES[m[0]]}/{m[1]:04d}") for m in picked]) if picked else \
