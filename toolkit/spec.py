@@ -5,7 +5,6 @@ lower bounds / minima of ``C f(x')`` over ``x'`` in the set (paper-spec ยง1.2, ย
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -47,9 +47,9 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
         e = per_sample[i:i + batch_size] if per_sample is not None else eps_t.to(device)
         inp = InputSet.from_eps(xb, e, clip=clip)
         with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
-            res = compute_bounds(graph, inp, None, method, labels=yb, **opts)
+            res = compute_bounds(graph, inp, None, method, labels=yb, optimum=False, **opts)
             eye = torch.eye(k, dtype=dtype, device=device).expand(len(xb), k, k)
-            logits = compute_bounds(graph, inp, eye, method, bound_upper=True, **opts)
+            logits = compute_bounds(graph, inp, eye, method, bound_upper=True, optimum=False, **opts)
         out["margin_lb"].append(scatter_margins(res.lower.detach(), yb, k))
         out["certified"].append(res.certified())
         out["logit_lb"].append(logits.lower.detach())

@@ -42,7 +42,7 @@ def needs_bounds(graph) -> list:
     return [k for k in graph.order if k in need]
 
 
-def _node_bounds_backward(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None):
+def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None):
     """Bounds of the neurons of ``key`` (all, or the flat indices ``only``) by backward passes with
     identity specs, in chunks. Returns flat (N, M') lower and upper bounds.
 
@@ -122,11 +122,11 @@ def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_EL
             only = ((l_ibp < 0) & (u_ibp > 0)).any(0).nonzero().flatten()
             l, u = l_ibp.clone(), u_ibp.clone()
             if only.numel():
-                lo_u, up_u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems, only)
+                lo_u, up_u = neuron_bounds(graph, key, inp, bounds, shapes, mode, chunk_elems, only)
                 l[:, only] = torch.maximum(lo_u, l_ibp[:, only])
                 u[:, only] = torch.minimum(up_u, u_ibp[:, only])
         else:
-            l, u = _node_bounds_backward(graph, key, inp, bounds, shapes, mode, chunk_elems)
+            l, u = neuron_bounds(graph, key, inp, bounds, shapes, mode, chunk_elems)
         bounds[key] = (l.reshape(-1, *shape), u.reshape(-1, *shape))
     return bounds
 
@@ -176,12 +176,15 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
                    labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
                    proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
                    intersect_ibp: bool = False, bounds: dict | None = None,
-                   fastlin_form: str = "forward") -> BoundResult:
+                   fastlin_form: str = "forward", optimum: bool = True) -> BoundResult:
     """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
 
     C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
     ``bounds`` lets a caller pass precomputed intermediate bounds (e.g. IBP bounds shared with CROWN-IBP's
     β mixing). Differentiable w.r.t. the graph parameters (masks and line choices are constants).
+    ``optimum=False`` skips recording the per-layer optimum (``res.layers``, what the regularizers read):
+    certification does not need it, and without it and without autograd the final pass runs in the
+    low-memory form (``ops.ReLURule``). ``res.g`` and ``res.z0`` are there either way.
     """
     if method not in METHODS:
         raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
@@ -201,10 +204,11 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
         if bound_upper:
             res.upper = -ibp_spec_bound(graph, ibp, -C)
         return _sanitize(res, graph)
-    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule)
+    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule,
+                                    record=optimum or method == "alpha-crown")  # α starts from the records
     if method == "alpha-crown" and alpha_iters > 0 and records:
         alphas = _optimise_alpha(graph, inp, C, bounds, shapes, records, alpha_iters, alpha_lr)
-        lower_a, g_a, records_a = _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas)
+        lower_a, g_a, records_a = _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas, record=optimum)
         # Keep CROWN's bound wherever recomputation rounding left α-CROWN a hair below it.
         lower = torch.maximum(lower_a, lower)
         g, records = g_a, records_a
@@ -242,6 +246,7 @@ def margin_lower_bound(graph, inp: InputSet, labels, method: str = "crown", **kw
     For certification the intermediate bounds are intersected with IBP's by default (``intersect_ibp``):
     still sound, never looser, and neurons IBP proves stable skip their backward passes."""
     kw.setdefault("intersect_ibp", True)
+    kw.setdefault("optimum", False)
     labels = torch.as_tensor(labels, device=inp.lo.device).long()
     k = graph.output_size()
     res = compute_bounds(graph, inp, None, method, labels=labels, **kw)

@@ -33,12 +33,12 @@ def add_arguments(p):
 
 def run(args):
     import os
-    import tempfile
 
     import numpy as np
 
     from toolkit.bounds.api import bounds_for_inputs
     from toolkit.errors import BadInputError
+    from toolkit.fileio import atomic_path
     from toolkit.ir.onnx_import import import_onnx
 
     x = _load_npy(args.inputs, "inputs")
@@ -53,14 +53,8 @@ def run(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise BadInputError(f"cannot write {args.out}: folder {out_dir} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out_dir)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     n, cert = len(arrays["certified"]), int(arrays["certified"].sum())
     print(f"{args.method}: certified {cert}/{n}; wrote {args.out}")
     return 0

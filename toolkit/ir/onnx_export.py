@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
+from toolkit.fileio import atomic_path
 
 from .graph import INPUT, Graph
 from .nodes import Normalize
@@ -180,17 +180,5 @@ def _parity(data, graph, body, start, n_check, seed) -> float:
 
 
 def _write_atomic(path: Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -37,6 +37,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
+from toolkit.fileio import atomic_path
 
 from .methods import METHODS, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
@@ -462,14 +463,5 @@ def _write_train_group(path, cfg, base, history, summary, train_time, n_train, r
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent if str(dst.parent) else ".")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the report ordinary permissions
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

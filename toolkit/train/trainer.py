@@ -9,7 +9,6 @@ global RNG states are saved and restored as well, for any randomness a loss may 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import BadInputError
+from toolkit.fileio import atomic_path
 
 from .schedules import EpsSchedule, LRSchedule
 
@@ -52,9 +52,8 @@ def _set_rng_state(state: dict) -> None:
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary name, then rename: a kill never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 @dataclass

@@ -204,7 +204,7 @@ def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, 
     import time
     import torch
 
-    from toolkit.bounds.engine import CHUNK_ELEMS, _node_bounds_backward, needs_bounds
+    from toolkit.bounds.engine import CHUNK_ELEMS, neuron_bounds, needs_bounds
     from toolkit.bounds.ibp import exact_on_box
     from toolkit.bounds.ops import rule_for
     from toolkit.ir import INPUT
@@ -235,7 +235,7 @@ def domain_bounds(graph, inp, shapes, clamps: dict, cached: dict | None = None, 
                     sub_inp = inp[sel] if len(sel) < n else inp
                     sub_b = bounds if len(sel) == n else {k: (a[sel], b[sel]) for k, (a, b) in bounds.items()}
                     t0 = time.monotonic()
-                    bl, bu = _node_bounds_backward(graph, key, sub_inp, sub_b, shapes, "crown", CHUNK_ELEMS, only)
+                    bl, bu = neuron_bounds(graph, key, sub_inp, sub_b, shapes, "crown", CHUNK_ELEMS, only)
                     if timing is not None:
                         timing[key] = time.monotonic() - t0
                     sub_l[:, only] = torch.maximum(sub_l[:, only], bl)
