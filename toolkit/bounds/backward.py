@@ -66,12 +66,21 @@ class BackwardContext:
         self.records[self.key] = dict(relax=rel, nu=A.detach(), upper_line=negative & rel.unstable.unsqueeze(1))
 
 
-def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """min over the box of g·z + const: g·mid − |g|·rad (§2.1)."""
+def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+               upper: bool = False) -> torch.Tensor:
+    """min over the box of g·z + const: g·mid − |g|·rad (§2.1); the max (g·mid + |g|·rad) when ``upper``."""
     n, s = g.shape[:2]
-    mid, rad = ((hi + lo) / 2).reshape(n, 1, -1), ((hi - lo) / 2).reshape(n, 1, -1)
+    mid, rad = ((hi + lo) / 2).reshape(n, -1, 1), ((hi - lo) / 2).reshape(n, -1, 1)
     gf = g.reshape(n, s, -1)
-    return const + (gf * mid).sum(-1) - (gf.abs() * rad).sum(-1)
+    sign = 1.0 if upper else -1.0
+    # Batched matrix-vector products; |g| is the only temporary, taken slice by slice without autograd.
+    if torch.is_grad_enabled():
+        return const + (gf @ mid + sign * (gf.abs() @ rad)).squeeze(-1)
+    out = const + (gf @ mid).squeeze(-1)
+    step = max(1, -(-s // 16))
+    for i in range(0, s, step):
+        out[:, i:i + step] += sign * (gf[:, i:i + step].abs() @ rad).squeeze(-1)
+    return out
 
 
 def _storage(t: torch.Tensor) -> int:

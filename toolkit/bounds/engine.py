@@ -69,10 +69,11 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
         lb = concretize(g, const, inp.lo, inp.hi)
         if symmetric:
             lows.append(lb)
-            ups.append(concretize(-g, -const - ctx.sym_extra, inp.lo, inp.hi).neg())
+            ups.append(concretize(g, const + ctx.sym_extra, inp.lo, inp.hi, upper=True))
         else:
             lows.append(lb[:, :c])
             ups.append(-lb[:, c:])
+        del g, A  # free this chunk's coefficients before the next chunk allocates its own
     return torch.cat(lows, 1), torch.cat(ups, 1)
 
 

@@ -178,7 +178,11 @@ class ElementwiseAffineRule(AffineRule):
         scale, shift = node.scale_shift()
         if A.dim() == 3 and scale.dim() == 3:
             scale, shift = scale.flatten(), shift.flatten()
-        return [A * scale], _flat_sum(A * shift)
+        n, s = A.shape[:2]
+        # Σ ν·shift as a matrix-vector product: no temporary the size of A (often the input layer's).
+        bias = A.reshape(n, s, -1) @ shift.expand(A.shape[2:]).reshape(-1)
+        A_in = A.mul_(scale) if ctx.overwrite else A * scale
+        return [A_in], bias
 
 
 class AddRule(Rule):
