@@ -112,6 +112,32 @@ def test_certified_but_broken_is_a_soundness_error(monkeypatch):
         certify(tiny_graph(), tiny_data(), eps=0.1, methods=["ibp"], pgd_steps=10)
 
 
+def test_borderline_float32_certificates_are_rechecked_in_float64(monkeypatch):
+    """A float32 margin bound of +1e-6 is within rounding of 0: it counts only if float64 agrees. The fake
+    float32 engine 'certifies' everything by a hair; the float64 re-check (the real engine) keeps exactly
+    the real certificates, so no sample ends up certified-but-broken."""
+    import toolkit.bounds
+
+    real = toolkit.bounds.margin_lower_bound
+
+    def hair_above_zero_in_float32(graph, inp, labels, method, **kw):
+        if inp.lo.dtype == torch.float64:
+            return real(graph, inp, labels, method, **kw)
+        return torch.full((len(labels), 2), 1e-6).scatter(1, labels[:, None], 0.0)
+
+    monkeypatch.setattr(toolkit.bounds, "margin_lower_bound", hair_above_zero_in_float32)
+    res = certify(tiny_graph(), tiny_data(), eps=0.1, methods=["ibp"], pgd_steps=10)
+    assert res.runs[0].data["certified"]["ibp"].tolist() == [True, False, False, False, False, True]
+
+
+def test_borderline_rule():
+    from toolkit.bounds.precision import borderline
+
+    lb = torch.tensor([[0.0, 1e-5], [0.0, 0.5], [0.0, -1e-6]])
+    logits = torch.tensor([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0]])
+    assert borderline(lb, torch.tensor([0, 0, 0]), logits).tolist() == [True, False, False]
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 def write_tiny_onnx(path, in_dim=2):

@@ -8,6 +8,7 @@ from toolkit.errors import BadInputError
 from toolkit.spec import InputSet, scatter_margins
 
 from .engine import METHODS, compute_bounds
+from .precision import recheck_float64
 
 
 def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown", clip=(0.0, 1.0),
@@ -50,8 +51,14 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
             res = compute_bounds(graph, inp, None, method, labels=yb, optimum=False, **opts)
             eye = torch.eye(k, dtype=dtype, device=device).expand(len(xb), k, k)
             logits = compute_bounds(graph, inp, eye, method, bound_upper=True, optimum=False, **opts)
-        out["margin_lb"].append(scatter_margins(res.lower.detach(), yb, k))
-        out["certified"].append(res.certified())
+            # float32 certificates within rounding of 0 count only if float64 confirms them
+            margins = recheck_float64(
+                lambda g, sub, ys: scatter_margins(compute_bounds(g, sub, None, method, labels=ys, optimum=False,
+                                                                  **opts).lower, ys, k),
+                graph, inp, yb, scatter_margins(res.lower, yb, k), graph(xb).reshape(len(xb), -1))
+        others = margins.scatter(1, yb[:, None], float("inf"))  # column y is 0 by layout, not a bound
+        out["margin_lb"].append(margins)
+        out["certified"].append((others > 0).all(1))  # NaN compares False: never certified
         out["logit_lb"].append(logits.lower.detach())
         out["logit_ub"].append(logits.upper.detach())
     arrays = {name: torch.cat(v).cpu().numpy() for name, v in out.items()}

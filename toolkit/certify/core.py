@@ -32,6 +32,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.attack import pgd_attack
+from toolkit.bounds.precision import recheck_float64
 from toolkit.errors import BadInputError, SoundnessError
 from toolkit.report import ReportWriter, RunRecord, check_out, format_table, read_report, summarize
 from toolkit.report.h5 import COLUMNS, METHOD_COLUMNS
@@ -172,6 +173,9 @@ def certify_batch(graph, inp: InputSet, y: torch.Tensor, index, methods, n_class
         rows = run_on.nonzero().flatten()
         if rows.numel():
             lb_m = _bounds(graph, inp[rows], y[rows], m, opts)
+            # float32 certificates close to 0 count only if float64 confirms them (precision.py)
+            lb_m = recheck_float64(lambda g, i, yy: _bounds(g, i, yy, m, opts), graph, inp[rows], y[rows],
+                                   lb_m, logits[rows])
             idx = np.asarray(index)[rows.cpu().numpy()]
             _check_sound(lb_m, at_centre[rows], idx, m, "the centre of its input set")
             _check_sound(lb_m, at_adv[rows], idx, m, "PGD's point in its input set")
