@@ -242,3 +242,52 @@ def test_shared_models_never_certify_sat(model_dir):
         cert = run.data["certified"][m]
         assert not (cert & (truth == "sat")).any(), f"{m} certified a sat spec"
     assert not (~run.data["pgd_correct"] & (truth == "unsat")).any(), "PGD broke an unsat spec"
+
+
+# -- tightcert bounds (issue 4, item 5) -------------------------------------------------------------
+
+def test_cli_bounds_writes_margins_logits_and_certificates(tiny_files, capsys):
+    tmp, model, _ = tiny_files
+    np.save(tmp / "x.npy", X.numpy())
+    np.save(tmp / "y.npy", Y.numpy())
+    rc, out, err = cli(capsys, "bounds", model, "--inputs", tmp / "x.npy", "--labels", tmp / "y.npy",
+                       "--eps", "0.1", "--method", "crown-ibp", "--out", tmp / "b.npz")
+    assert rc == 0, err
+    with np.load(tmp / "b.npz") as z:
+        b = dict(z)
+    assert set(b) == {"margin_lb", "logit_lb", "logit_ub", "certified", "labels"}
+    # stable ReLUs: crown-ibp is exact, lb of f_y - f_j = max(x2 - 0.1, 0) - 0.25 for y = 0 (negated for y = 1)
+    assert b["certified"].tolist() == [True, True, False, False, False, True]
+    assert b["margin_lb"][1, 1] == pytest.approx(0.10, abs=1e-5)
+    assert (b["margin_lb"][np.arange(6), Y.numpy()] == 0).all()
+    logits = tiny_graph()(X).detach().numpy()
+    assert (b["logit_lb"] <= logits + 1e-6).all() and (logits <= b["logit_ub"] + 1e-6).all()
+    # labels default to the clean predictions: then misclassified s3, s4 become "correct"
+    rc, out, err = cli(capsys, "bounds", model, "--inputs", tmp / "x.npy", "--eps", "0", "--method", "ibp",
+                       "--out", tmp / "b0.npz")
+    assert rc == 0, err
+    with np.load(tmp / "b0.npz") as z:
+        assert z["labels"].tolist() == [0, 0, 0, 1, 0, 0]
+
+
+BAD_BOUNDS = {
+    "negative eps": (["--eps=-0.1"], "eps"),
+    "unknown method": (["--eps", "0.1", "--method", "deeppoly"], "unknown bound method"),
+    "wrong shape": (["--eps", "0.1", "--inputs", "x3.npy"], "shape"),
+    "missing inputs": (["--eps", "0.1", "--inputs", "nope.npy"], "nope.npy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BOUNDS))
+def test_cli_bounds_bad_input_exit_2_no_file(case, tiny_files, capsys, monkeypatch):
+    tmp, model, _ = tiny_files
+    monkeypatch.chdir(tmp)
+    np.save(tmp / "x.npy", X.numpy())
+    np.save(tmp / "x3.npy", np.zeros((2, 3), np.float32))
+    extra, msg = BAD_BOUNDS[case]
+    args = ["bounds", model, "--inputs", "x.npy", "--out", tmp / "b.npz"]
+    if "--inputs" in extra:
+        args = args[:2] + args[4:]
+    rc, out, err = cli(capsys, *args, *extra)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+    assert not list(tmp.glob("b.npz*")) and not list(tmp.glob(".b.npz*"))
