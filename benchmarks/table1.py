@@ -31,7 +31,8 @@ Profiles (``PROFILES``; the markdown header repeats what a profile reduces):
 
 * ``smoke``: one cheap model (2×100 MLP, exact) for every method, 64 training and 16 test images, 1 epoch,
   5 PGD steps: exercises the whole pipeline in about a minute (tests use it).
-* ``cpu``: about 6 hours on 2 cores. MNIST: CP family on 2×100 (exact), CROWN-IBP family on Small;
+* ``cpu``: about 2 hours of single-thread work on an idle 2-core machine (measured: ~1 hour as two parallel
+  slices; ``benchmarks/results/table1_cpu.md``). MNIST: CP family on 2×100 (exact), CROWN-IBP family on Small;
   CIFAR-10: CP family on 2×100 (proj 50), CROWN-IBP family on Small. 12,000 (MNIST) / 10,000 (CIFAR)
   training images (of 60,000 / 50,000); CP 6 epochs (reference 60: ε ramp over 2, lr halved every epoch
   after it), CROWN-IBP 10 epochs (reference 200 / 3200: 1 clean epoch, ramp over 5, lr ×0.1 at 8 and 9,
