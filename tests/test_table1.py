@@ -100,3 +100,15 @@ def test_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch, capsys):
     assert len(calls) == 2  # the second cell ran after the first failed
     md = (tmp_path / "r.md").read_text()
     assert "## Failed cells" in md and "training diverged" in md and read_report(tmp_path / "r.h5").runs == []
+
+
+def test_committed_cpu_results_are_complete_and_match_their_table():
+    """benchmarks/results/table1_cpu.md is what the committed .h5 gives (no figure typed by hand), and the
+    .h5 holds every cell of the cpu grid, each finished and made with the grid's current settings."""
+    h5 = table1.RESULTS / "table1_cpu.h5"
+    md = (table1.RESULTS / "table1_cpu.md").read_text()
+    grid = table1.cells("cpu")
+    table1._check_cells(h5, grid)  # raises on a cell made with other settings
+    values = table1.cell_values(h5)
+    assert sorted(values) == sorted(c["run"] for c in grid) and len(grid) == 24
+    assert table1.make_tables("cpu", h5) in md
