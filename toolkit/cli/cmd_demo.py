@@ -14,7 +14,8 @@ DESCRIPTION = """The main job on the embedded default (no ../shared needed):
  4. re-import the exported model and certify it again.
 
 Everything is written under --out-dir: report.h5 (certify), finetuned.onnx, finetuned.h5 (training report)
-and report_after.h5. Re-running resumes finished work."""
+and report_after.h5. Each run starts afresh (outputs of an earlier demo run, perhaps made by another version
+or with other options, are replaced); --resume instead continues an interrupted run."""
 
 
 def add_arguments(p):
@@ -25,8 +26,15 @@ def add_arguments(p):
     p.add_argument("--reg-d", type=float, default=0.1, help="weight λ of regularizer d (default: 0.1)")
     p.add_argument("--reg-r", type=float, default=0.01, help="weight γ of regularizer r (default: 0.01)")
     p.add_argument("--pgd-steps", type=int, default=50, help="PGD steps (default: 50)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo run in --out-dir instead of starting afresh")
     add_device(p)
     add_seed(p)
+
+
+#: What the demo writes under --out-dir (removed before a fresh run).
+OUTPUTS = ("report.h5", "report.h5.partial", "report_after.h5", "report_after.h5.partial", "finetuned.onnx",
+           "finetuned.h5", "finetuned.h5.partial", "finetuned.ckpt")
 
 
 def run(args) -> int:
@@ -43,6 +51,12 @@ def run(args) -> int:
     test_npz, train_npz = root / "models" / "mnist_test_1000.npz", root / "models" / "mnist_train_2000.npz"
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        import shutil
+
+        for name in OUTPUTS:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     methods = ("ibp", "crown-ibp", "fastlin", "crown")
 
     _step(1, f"import {model.relative_to(root)}")
@@ -60,7 +74,7 @@ def run(args) -> int:
     res = finetune(model, eps=args.eps, out=str(out / "finetuned.onnx"), method="cp", lam=args.reg_d,
                    gamma=args.reg_r, epochs=args.epochs, batch_size=50, train_data=str(train_npz),
                    test_data=str(test_npz), test_n=args.n, eval_methods=["ibp", "fastlin"], pgd_steps=args.pgd_steps,
-                   device=args.device, seed=args.seed, resume=(out / "finetuned.ckpt").is_dir())
+                   device=args.device, seed=args.seed, resume=args.resume and (out / "finetuned.ckpt").is_dir())
     print(res.table)
     print(f"model:  {res.onnx_path}\nreport: {res.report_path}")
 
