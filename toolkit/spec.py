@@ -108,3 +108,9 @@ def scatter_margins(values: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     """(N, K-1) per-other-class values -> (N, K) with ``fill`` in column y."""
     out = torch.full((values.shape[0], n_classes), fill, dtype=values.dtype, device=values.device)
     return out.scatter(1, other_classes(labels, n_classes).to(values.device), values)
+
+
+def label_column_ignored(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, K) margins with column y set to +inf: that column is 0 by layout, not a bound, so a min or an
+    all(> 0) over the result reads only the K−1 real specs (NaN stays NaN: never > 0)."""
+    return margins.scatter(1, labels[:, None], float("inf"))

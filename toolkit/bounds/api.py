@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import BadInputError
-from toolkit.spec import InputSet, scatter_margins
+from toolkit.spec import InputSet, label_column_ignored, scatter_margins
 
 from .engine import METHODS, compute_bounds
 from .precision import recheck_float64
@@ -56,9 +56,8 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
                 lambda g, sub, ys: scatter_margins(compute_bounds(g, sub, None, method, labels=ys, optimum=False,
                                                                   **opts).lower, ys, k),
                 graph, inp, yb, scatter_margins(res.lower, yb, k), graph(xb).reshape(len(xb), -1))
-        others = margins.scatter(1, yb[:, None], float("inf"))  # column y is 0 by layout, not a bound
         out["margin_lb"].append(margins)
-        out["certified"].append((others > 0).all(1))  # NaN compares False: never certified
+        out["certified"].append((label_column_ignored(margins, yb) > 0).all(1))  # NaN is never > 0
         out["logit_lb"].append(logits.lower.detach())
         out["logit_ub"].append(logits.upper.detach())
     arrays = {name: torch.cat(v).cpu().numpy() for name, v in out.items()}

@@ -36,7 +36,7 @@ from toolkit.bounds.precision import recheck_float64
 from toolkit.errors import BadInputError, SoundnessError
 from toolkit.report import ReportWriter, RunRecord, check_out, format_table, read_report, summarize
 from toolkit.report.h5 import COLUMNS, METHOD_COLUMNS
-from toolkit.spec import InputSet, margin_spec
+from toolkit.spec import InputSet, label_column_ignored, margin_spec
 
 from .checks import (check_box, check_eps, check_inside_clip, check_labels, fit_shape, order_methods,
                      resolve_device)
@@ -180,8 +180,7 @@ def certify_batch(graph, inp: InputSet, y: torch.Tensor, index, methods, n_class
             _check_sound(lb_m, at_centre[rows], idx, m, "the centre of its input set")
             _check_sound(lb_m, at_adv[rows], idx, m, "PGD's point in its input set")
             lb[rows] = lb_m
-        others = lb.scatter(1, y[:, None], float("inf"))  # column y is 0 by layout, not a bound
-        cert_m = run_on & (others > 0).all(1)  # NaN compares False: never certified
+        cert_m = run_on & (label_column_ignored(lb, y) > 0).all(1)  # NaN compares False: never certified
         broken = cert_m & ~(pgd_margin > 0)
         if broken.any():
             k = int(broken.nonzero()[0])
