@@ -211,38 +211,39 @@ class ReLURule(Rule):
         b_t = rel.upper_intercept.reshape(n, 1, -1).transpose(1, 2)  # (N, M, 1): Σ_m ν_m b̄_m as a bmm
         lo, d = rel.lower_slope, rel.upper_slope - rel.lower_slope
         if not ctx.low_memory:
-            # Autograd (training) or the recorded optimum: whole tensors, out of place. lo·ν + min(ν,0)·(ā−lo)
-            # picks the upper slope exactly where ν < 0 (torch.where with two broadcast operands is ~10×
-            # slower than these fused passes on CPU).
-            A_neg = A.clamp(max=0)
-            A_in = torch.addcmul(lo * A, A_neg, d)
-            bias = (A_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
-            if ctx.symmetric:
-                ctx.add_sym_extra((A.abs().reshape(n, s, -1) @ b_t).squeeze(-1))
+            # Autograd (training) or the recorded optimum: whole tensors, out of place.
+            A_in, bias, extra = self._rule(A, lo, d, b_t, ctx.symmetric, in_place=False)
             if ctx.recording:
                 ctx.record(node, rel, A, A < 0)
-            return [A_in], bias
-        # No autograd: slice by slice of the specs, so temporaries are ~1/16 of A, and overwrite A when
-        # ``ctx.overwrite`` says nobody else sees it: peak memory stays near one coefficient tensor (issue 4)
-        # instead of the several a whole-tensor form keeps.
-        out = A if ctx.overwrite else torch.empty(A.shape, dtype=A.dtype, device=A.device)
-        bias = A.new_empty(n, s)
-        extra = A.new_empty(n, s) if ctx.symmetric else None
-        per_spec = lo.shape[1] != 1
-        for sl in _spec_slices(s):
-            a = A[:, sl]
-            a_neg = a.clamp(max=0)
-            bias[:, sl] = (a_neg.reshape(n, a.shape[1], -1) @ b_t).squeeze(-1)
-            if extra is not None:
-                extra[:, sl] = (a.abs().reshape(n, a.shape[1], -1) @ b_t).squeeze(-1)
-            lo_s, d_s = (lo[:, sl], d[:, sl]) if per_spec else (lo, d)
-            if out is A:
-                a.mul_(lo_s).addcmul_(a_neg, d_s)
-            else:
-                out[:, sl] = torch.addcmul(a * lo_s, a_neg, d_s)
+        else:
+            # No autograd: slice by slice of the specs, so temporaries are ~1/16 of A, and overwrite A when
+            # ``ctx.overwrite`` says nobody else sees it: peak memory stays near one coefficient tensor
+            # (issue 4) instead of the several a whole-tensor form keeps.
+            A_in = A if ctx.overwrite else torch.empty(A.shape, dtype=A.dtype, device=A.device)
+            bias, extra = A.new_empty(n, s), (A.new_empty(n, s) if ctx.symmetric else None)
+            per_spec = lo.shape[1] != 1
+            for sl in _spec_slices(s):
+                part, bias[:, sl], e = self._rule(A[:, sl], lo[:, sl] if per_spec else lo,
+                                                  d[:, sl] if per_spec else d, b_t, ctx.symmetric, ctx.overwrite)
+                if extra is not None:
+                    extra[:, sl] = e
+                if not ctx.overwrite:
+                    A_in[:, sl] = part
         if extra is not None:
             ctx.add_sym_extra(extra)
-        return [out], bias
+        return [A_in], bias
+
+    @staticmethod
+    def _rule(a, lo, d, b_t, symmetric, in_place):
+        """(coefficients on the input, Σ min(ν,0)·b̄, Σ|ν|·b̄ or None) for coefficients ``a`` (N, S', ...).
+        lo·ν + min(ν,0)·(ā−lo) picks the upper slope exactly where ν < 0 (torch.where with two broadcast
+        operands is ~10× slower than these fused passes on CPU)."""
+        n, s = a.shape[:2]
+        a_neg = a.clamp(max=0)
+        bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
+        extra = (a.abs().reshape(n, s, -1) @ b_t).squeeze(-1) if symmetric else None
+        a_in = a.mul_(lo).addcmul_(a_neg, d) if in_place else torch.addcmul(lo * a, a_neg, d)
+        return a_in, bias, extra
 
 
 class MonotoneRule(Rule):
