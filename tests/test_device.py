@@ -36,3 +36,97 @@ def test_cuda_matches_cpu():
     cpu, gpu = _bounds("cpu"), _bounds("cuda")
     for m in cpu:
         assert torch.allclose(cpu[m], gpu[m], atol=1e-8), m
+
+
+# -- device discipline without a GPU ------------------------------------------------------------------------
+# CI has no GPU, so a tensor made without ``device=`` (it lands on the CPU) would only fail on CUDA. The mode
+# below puts every such non-scalar tensor on the meta device instead: mixing it with the real CPU tensors
+# then fails here exactly where it would fail on a GPU. 0-dim tensors stay on the CPU (torch lets CPU
+# scalars meet CUDA tensors); a factory given a generator follows the generator's device.
+
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+from nets import random_conv as _random_conv  # noqa: E402
+from toolkit.bounds import relaxed_forward  # noqa: E402
+from toolkit.certify.core import certify_batch  # noqa: E402
+from toolkit.train.methods import make_loss  # noqa: E402
+from toolkit.train.regularizers import reg_d, reg_r  # noqa: E402
+from toolkit.train.schedules import BetaSchedule, EpsSchedule  # noqa: E402
+
+_FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.eye, torch.rand,
+              torch.randn, torch.randint, torch.randperm, torch.linspace, torch.logspace, torch.tensor}
+
+
+class ImplicitDeviceIsMeta(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.redirected = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get("device") is None:
+            if kwargs.get("generator") is not None:
+                kwargs["device"] = kwargs["generator"].device
+            else:
+                out = func(*args, **kwargs)
+                if out.dim() == 0:
+                    return out
+                kwargs["device"] = "meta"
+                self.redirected += 1
+        return func(*args, **kwargs)
+
+
+def test_implicit_device_mode_catches_a_tensor_made_on_the_default_device():
+    a = torch.ones(3, device="cpu")
+    with ImplicitDeviceIsMeta() as mode, pytest.raises(RuntimeError):
+        _ = a + torch.zeros(3)  # the bug the mode exists to find
+    assert mode.redirected == 1
+
+
+def _tiny_problem(dtype=torch.float32):
+    g = _random_conv(seed=4, normalize=True, residual=True, dtype=dtype)
+    x = torch.rand(3, 1, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 2, 3])
+    return g, x, y, InputSet.from_eps(x, 0.05, clip=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS])
+@pytest.mark.parametrize("certify_form", [False, True])
+def test_bounds_make_no_tensor_on_the_default_device(method, certify_form):
+    g, x, y, inp = _tiny_problem()
+    kw = dict(intersect_ibp=True, optimum=False) if certify_form else {}
+    if method == "cp-proj":
+        kw["generator"] = torch.Generator().manual_seed(0)
+    with ImplicitDeviceIsMeta():
+        res = compute_bounds(g, inp, margin_spec(y, 10), method, alpha_iters=2, **kw)
+        assert res.lower.device.type == "cpu" and torch.isfinite(res.lower).all()
+        if not certify_form and method in ("fastlin", "crown", "crown-ibp"):
+            assert relaxed_forward(g, res)[g.output].device.type == "cpu"
+            assert reg_d(g, res).device.type == "cpu" and reg_r(g, res).device.type == "cpu"
+
+
+def test_fastlin_backward_form_makes_no_tensor_on_the_default_device():
+    g, x, y, inp = _tiny_problem()
+    with ImplicitDeviceIsMeta():
+        res = compute_bounds(g, inp, margin_spec(y, 10), "fastlin", fastlin_form="backward")
+    assert res.lower.device.type == "cpu"
+
+
+def test_certify_batch_makes_no_tensor_on_the_default_device():
+    g, x, y, inp = _tiny_problem()
+    with ImplicitDeviceIsMeta():
+        rows, out, _ = certify_batch(g, inp, y, [0, 1, 2], ["ibp", "crown-ibp", "fastlin", "crown", "alpha-crown"],
+                                     10, pgd_steps=5)
+    assert rows["pgd_margin"].shape == (3,) and out["margin_lb"]["crown"].shape == (3, 10)
+
+
+@pytest.mark.parametrize("method,kw", [("cp", dict(lam=0.1, gamma=0.1)), ("cp", dict(gamma=0.1, proj=5)),
+                                       ("crown-ibp", dict(lam=0.1, gamma=0.1)), ("ibp", {})])
+def test_training_losses_make_no_tensor_on_the_default_device(method, kw):
+    g, x, y, _ = _tiny_problem()
+    if method == "crown-ibp":
+        kw = dict(kw, beta=BetaSchedule(EpsSchedule(0.05, 10), 0.0))
+    with ImplicitDeviceIsMeta():
+        parts = make_loss(method, **kw)(g, x, y, 0.05, 3)
+        parts.loss.backward()
+    assert torch.isfinite(parts.loss) and all(p.grad is not None for p in g.parameters())
