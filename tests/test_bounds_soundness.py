@@ -316,11 +316,17 @@ def _two_relus_share_one_coefficient():
 
 @pytest.mark.parametrize("method", ("crown-ibp", "fastlin", "fastlin/backward", "crown", "crown/intersect-ibp"))
 @pytest.mark.parametrize("net", ("mlp_deep", "conv", "conv_res_norm", "pool", "smooth", "shared_coefficient"))
-def test_no_grad_memory_saving_path_equals_autograd_path(net, method):
-    """Without autograd the ReLU and conv rules work slice by slice and may overwrite coefficients in place
+@pytest.mark.parametrize("blocks", ("default", "tiny"))
+def test_no_grad_memory_saving_path_equals_autograd_path(net, method, blocks, monkeypatch):
+    """Without autograd the ReLU and conv rules work block by block and may overwrite coefficients in place
     (issue 4's memory target); with autograd they use whole tensors. Both must give the same numbers —
-    intermediate bounds, lower and upper — including with tiny chunks and a coefficient shared by two
-    branches."""
+    intermediate bounds, lower and upper — including with tiny chunks, a coefficient shared by two
+    branches, and block budgets so small that every block is one spec row (or a few samples)."""
+    if blocks == "tiny":
+        from toolkit.bounds import ops
+
+        monkeypatch.setattr(ops, "RELU_BLOCK_ELEMS", 40)
+        monkeypatch.setattr(ops, "CONV_SLICE_ELEMS", 1)
     meth, options = VARIANTS.get(method, (method, {}))
     if net == "shared_coefficient":
         graph = _two_relus_share_one_coefficient()
