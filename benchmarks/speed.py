@@ -53,41 +53,6 @@ def load_net(name):
     return zoo.build(name, "mnist", seed=0), x, y, 0.1
 
 
-def to_sequential(graph):
-    """The same network as an nn.Sequential for convex_adversarial (chains of Linear/Conv/ReLU/Flatten)."""
-    import torch
-    from torch import nn
-
-    from toolkit.ir import nodes as N
-
-    class Flatten(nn.Module):  # convex_adversarial recognises layers by the name "Flatten"
-        def forward(self, x):
-            return x.reshape(x.shape[0], -1)
-
-    layers = []
-    for _, node, _ in graph:
-        if isinstance(node, N.Linear):
-            m = nn.Linear(node.weight.shape[1], node.weight.shape[0])
-        elif isinstance(node, N.Conv2d):
-            o, i, kh, kw = node.weight.shape
-            m = nn.Conv2d(i, o, (kh, kw), node.stride, node.padding)
-        elif isinstance(node, N.ReLU):
-            layers.append(nn.ReLU())
-            continue
-        elif isinstance(node, (N.Flatten, N.Reshape)):
-            layers.append(Flatten())
-            continue
-        elif isinstance(node, N.Normalize):
-            raise ValueError("convex_adversarial has no Normalize layer")
-        else:
-            raise ValueError(f"no convex_adversarial layer for {node.op}")
-        with torch.no_grad():
-            m.weight.copy_(node.weight)
-            m.bias.copy_(node.bias)
-        layers.append(m)
-    return nn.Sequential(*layers)
-
-
 def measure(net, method, batch, device):
     """Runs in a fresh subprocess: returns seconds, peak extra bytes and the mean margin bound."""
     import resource
@@ -101,7 +66,6 @@ def measure(net, method, batch, device):
     torch.manual_seed(0)
     graph, x, y, eps = load_net(net)
     x, y = x[:batch].to(device), y[:batch].to(device)
-    prepended = graph.input_spec.normalization == "prepended"
     graph = graph.to(device).eval()
     inp = InputSet.from_eps(x, eps, clip=(0.0, 1.0))
     C = margin_spec(y, 10).to(device)
@@ -117,9 +81,9 @@ def measure(net, method, batch, device):
         if method == "convex_adversarial":
             import convex_adversarial as ca
 
-            seq = to_sequential(graph) if not prepended else None
-            if seq is None:  # normalisation outside the graph: fold it into convex_adversarial's input
-                raise RuntimeError("skip")
+            from benchmarks.convex_adversarial_net import to_sequential
+
+            seq = to_sequential(graph)
             with torch.no_grad():
                 dual = ca.DualNetwork(seq.to(device), x, eps, bounded_input=True)
                 return dual(C).mean()  # dual(c) is a lower bound of c·f (robust_loss uses -dual(c) as logits)
@@ -127,8 +91,6 @@ def measure(net, method, batch, device):
             # As certification runs it: no autograd, no recorded optimum (training's cost is in train_epoch.py).
             return compute_bounds(graph, inp, C, method, alpha_iters=20, optimum=False).lower.mean()
 
-    if method == "convex_adversarial" and prepended:
-        return {"seconds": None, "peak_bytes": None, "mean_bound": None, "note": "normalisation outside graph"}
     run() if method in ("forward", "forward+backward") else None  # warm-up for the cheap ones
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -122,10 +122,11 @@ def random_smooth_net(seed=0, dtype=torch.float64):
     return Graph.sequential(nodes, (1, 6, 6))
 
 
-def wong_conv(seed=0, dtype=torch.float64, residual=False, channels=1, size=8, k=5):
+def wong_conv(seed=0, dtype=torch.float64, residual=False, channels=1, size=8, k=5, normalize=False):
     """Wong & Kolter style conv net (kernel 4, stride 2, padding 1: the transposed conv recovers the input
     size exactly, which convex_adversarial assumes). With ``residual`` a block relu1 + conv3(relu(conv2(.)))
-    as in their ResNets (``Dense(nn.Sequential(), None, conv3)``). Keys are fixed for the converters."""
+    as in their ResNets (``Dense(nn.Sequential(), None, conv3)``); with ``normalize`` a per-channel
+    mean/std first. Keys are fixed for the converters."""
     r = _rand(seed, dtype)
     nodes, prev = [], "input"
 
@@ -133,6 +134,10 @@ def wong_conv(seed=0, dtype=torch.float64, residual=False, channels=1, size=8, k
         nodes.append((key, node, inputs or (prev,)))
         return key
 
+    if normalize:
+        mean = torch.linspace(0.4, 0.5, channels, dtype=dtype).reshape(-1, 1, 1)
+        std = torch.linspace(0.2, 0.3, channels, dtype=dtype).reshape(-1, 1, 1)
+        prev = add("norm", Normalize(1 / std, -mean / std))
     prev = add("conv1", Conv2d(r(4, channels, 4, 4) * 0.3, r(4) * 0.1, stride=2, padding=1))
     prev = add("relu1", ReLU())
     if residual:

@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.convex_adversarial_net import layer
+from benchmarks.convex_adversarial_net import to_sequential as chain
 from nets import random_mlp, wong_conv
 from toolkit.bounds import compute_bounds
-from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec
 
 ca = pytest.importorskip("convex_adversarial", reason="convex_adversarial (a test dependency) is not installed")
@@ -33,33 +34,12 @@ def _one_thread():
     yield
 
 
-def torch_module(node, dtype=DT):
-    """The nn layer convex_adversarial understands for one of our affine / ReLU / Flatten nodes."""
-    if isinstance(node, N.Linear):
-        m = nn.Linear(node.weight.shape[1], node.weight.shape[0])
-    elif isinstance(node, N.Conv2d):
-        o, i, kh, kw = node.weight.shape
-        assert node.groups == 1 and node.dilation == (1, 1)
-        m = nn.Conv2d(i, o, (kh, kw), stride=node.stride, padding=node.padding)
-    elif isinstance(node, N.ReLU):
-        return nn.ReLU()
-    elif isinstance(node, N.Flatten):
-        return nn.Flatten()   # convex_adversarial recognises any class whose name contains "Flatten"
-    else:
-        raise AssertionError(f"no convex_adversarial layer for {node.op}")
-    m = m.to(dtype)
-    with torch.no_grad():
-        m.weight.copy_(node.weight)
-        m.bias.copy_(node.bias)
-    return m
-
-
 def to_sequential(graph, dtype=DT):
     """A chain graph → nn.Sequential; ``wong_conv(residual=True)`` → DenseSequential with the skip as
     ``Dense(nn.Sequential(), None, conv3)`` (identity on relu1's output + conv3 on relu2's), their idiom."""
     if "add" not in graph.nodes:
-        return nn.Sequential(*[torch_module(node, dtype) for _, node, _ in graph])
-    m = lambda k: torch_module(graph.nodes[k], dtype)
+        return chain(graph, dtype)
+    m = lambda k: layer(graph.nodes[k], dtype)
     assert graph.edges["add"] == ("relu1", "conv3")
     layers = [m("conv1"), nn.ReLU(), Dense(m("conv2")), nn.ReLU(), Dense(nn.Sequential(), None, m("conv3")),
               nn.ReLU(), m("conv4"), nn.ReLU(), nn.Flatten(), m("fc1"), nn.ReLU(), m("fc2")]
@@ -71,6 +51,7 @@ NETS = {
     "mlp_wide": lambda: random_mlp([12, 20, 16, 5], seed=42, scale=1.2),
     "conv": lambda: wong_conv(seed=43, channels=2),
     "conv_residual": lambda: wong_conv(seed=44, residual=True),
+    "conv_normalize": lambda: wong_conv(seed=45, channels=3, normalize=True),  # mean/std as a 1×1 conv
 }
 
 
