@@ -30,7 +30,8 @@ SOUND = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown")
 #: engine options that change how intermediate bounds are found: each must be sound on its own
 VARIANTS = {"fastlin/backward": ("fastlin", {"fastlin_form": "backward"}),
             "fastlin/intersect-ibp": ("fastlin", {"intersect_ibp": True}),
-            "crown/intersect-ibp": ("crown", {"intersect_ibp": True})}
+            "crown/intersect-ibp": ("crown", {"intersect_ibp": True}),
+            "alpha-crown/final": ("alpha-crown", {"alpha_scope": "final"})}
 N_CENTRES = 4
 N_UNIFORM = 10_000
 N_VERTICES = 2_000   # ReLU nets reach their extremes at box vertices more often than inside
@@ -230,6 +231,54 @@ def test_alpha_crown_improves_on_crown():
         for box in (False, True):
             gains.append((bounds(net, 0, box, "alpha-crown").lower - bounds(net, 0, box, "crown").lower).max())
     assert max(gains) > 1e-3, f"alpha-crown never improved on crown (largest gain {max(gains):.3g})"
+
+
+@pytest.mark.parametrize("net", ("mlp_deep", "conv_res_norm"))
+def test_alpha_crown_tightens_intermediate_bounds(net):
+    """Scope "all" re-bounds the intermediate layers with optimised slopes: its bounds lie inside CROWN's
+    for every node, strictly for some neuron (this fails if the intermediate slopes never move); scope
+    "final" leaves CROWN's intermediate bounds as they are."""
+    crown, alpha = bounds(net, 0, True, "crown"), bounds(net, 0, True, "alpha-crown")
+    final = bounds(net, 0, True, "alpha-crown/final")
+    gain = 0.0
+    for key, (l, u) in crown.bounds.items():
+        la, ua = alpha.bounds[key]
+        assert (la >= l).all() and (ua <= u).all(), key
+        assert torch.equal(final.bounds[key][0], l) and torch.equal(final.bounds[key][1], u), key
+        gain = max(gain, float((la - l).max().detach()), float((u - ua).max().detach()))
+    assert gain > 1e-3, f"no intermediate bound got tighter (largest gain {gain:.3g})"
+
+
+def test_alpha_crown_sub_batches_and_fallback():
+    """Samples are optimised independently: one sample per sub-batch gives the batch's numbers; a budget
+    too small for one sample's intermediate slopes falls back to the final pass only, as scope "final"."""
+    from toolkit.bounds import alpha as A
+    from toolkit.bounds.engine import intermediate_bounds, needs_bounds
+
+    c = case("mlp_deep", 0, True)
+    shapes = c.graph.shapes(dtype=DT)
+    crown = intermediate_bounds(c.graph, c.inp, "crown", shapes)
+    needs = needs_bounds(c.graph)
+    run = lambda budget, scope="all": A.optimise_alpha(c.graph, c.inp, c.C, crown, shapes, needs,  # noqa: E731
+                                                       ALPHA_ITERS, 0.1, scope, budget)
+    whole = run(2 ** 30)
+    one = A._cost(c.graph, shapes, A._layers(c.graph, crown, needs), c.C.shape[1])  # ≥ one sample's cost
+    split = run(one)
+    assert whole.scope == split.scope == "all"
+    assert torch.allclose(whole.lower, split.lower, rtol=1e-12, atol=1e-12)
+    for key in crown:
+        assert torch.allclose(whole.bounds[key][0], split.bounds[key][0], rtol=1e-12, atol=1e-12), key
+    tiny, final = run(1), run(2 ** 30, "final")
+    assert tiny.scope == "final" and torch.allclose(tiny.lower, final.lower, rtol=1e-12, atol=1e-12)
+
+
+def test_alpha_crown_keeps_caller_bounds():
+    """Bounds passed in (branch and bound's split domains, CROWN-IBP's IBP bounds) are not re-derived."""
+    c = case("mlp_deep", 0, True)
+    given = bounds("mlp_deep", 0, True, "crown").bounds
+    res = compute_bounds(c.graph, c.inp, c.C, "alpha-crown", bounds=given, alpha_iters=ALPHA_ITERS)
+    for key, (l, u) in given.items():
+        assert torch.equal(res.bounds[key][0], l) and torch.equal(res.bounds[key][1], u), key
 
 
 @pytest.mark.parametrize("net,seed,box", CASES, ids=CASE_IDS)

@@ -1,13 +1,14 @@
 """Bound methods: a method is a choice of intermediate bounds and of lower-line slopes, over one pass.
 
-| method       | intermediate bounds                      | final pass (lower slope)        |
-|--------------|------------------------------------------|---------------------------------|
-| ibp          | IBP                                      | IBP with C merged (§3.1)        |
-| crown-ibp    | IBP                                      | backward, CROWN adaptive (§3.2) |
-| fastlin (CP) | backward, Fast-Lin slopes (= Wong–Kolter)| backward, Fast-Lin              |
-| crown        | backward, CROWN adaptive                 | backward, CROWN adaptive        |
-| alpha-crown  | as crown                                 | backward, slopes optimised (Adam), best per spec kept |
-| cp-proj      | forward Fast-Lin with Cauchy projections | backward, Fast-Lin (exact)      |
+| method       | intermediate bounds                         | final pass (lower slope)                  |
+|--------------|---------------------------------------------|-------------------------------------------|
+| ibp          | IBP                                         | IBP with C merged (§3.1)                  |
+| crown-ibp    | IBP                                         | backward, CROWN adaptive (§3.2)           |
+| fastlin (CP) | backward, Fast-Lin slopes (= Wong–Kolter)   | backward, Fast-Lin                        |
+| crown        | backward, CROWN adaptive                    | backward, CROWN adaptive                  |
+| alpha-crown  | CROWN's, re-bounded with optimised slopes   | backward, slopes optimised (Adam), best   |
+|              | (``alpha_scope="all"``, see ``alpha.py``)   | per spec kept                             |
+| cp-proj      | forward Fast-Lin with Cauchy projections    | backward, Fast-Lin (exact)                |
 
 ``cp-proj`` is probabilistic (Wong et al. 2018 random projections, §8): for training only; its result is
 flagged and ``certified()`` refuses it.
@@ -23,6 +24,7 @@ from toolkit.ir import INPUT
 from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec, scatter_margins
 
+from .alpha import SCOPES, optimise_alpha
 from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
@@ -75,6 +77,10 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
             ups.append(-lb[:, c:])
         del g, A  # free this chunk's coefficients before the next chunk allocates its own
     return torch.cat(lows, 1), torch.cat(ups, 1)
+
+
+def _has_relu(graph):
+    return any(isinstance(nd, N.ReLU) for _, nd, _ in graph)
 
 
 def _relu_only(graph):
@@ -140,55 +146,26 @@ def _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas=None, record
     return concretize(g, const, inp.lo, inp.hi), g, ctx.records
 
 
-def _optimise_alpha(graph, inp, C, bounds, shapes, records, iters, lr):
-    """α-CROWN on the final pass (intermediate bounds stay CROWN's): Adam on the lower slopes of unstable
-    neurons, one slope per (sample, spec, neuron), keeping the best bound per spec so the result is never
-    looser than CROWN (the starting point)."""
-    n, s = C.shape[:2]
-    alphas = {k: r["relax"].lower_slope.detach().expand(n, s, *r["relax"].lower_slope.shape[2:]).clone()
-              for k, r in records.items()}
-    best_alpha = {k: a.clone() for k, a in alphas.items()}
-    best = None
-    bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
-    with torch.enable_grad():
-        for a in alphas.values():
-            a.requires_grad_(True)
-        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
-        for _ in range(iters + 1):
-            lb, _, _ = _final_pass(graph, inp, C, bounds, shapes, "alpha-crown", "crown", alphas, record=False)
-            lbd = lb.detach()
-            better = torch.ones_like(lbd, dtype=torch.bool) if best is None else lbd > best
-            best = lbd if best is None else torch.where(better, lbd, best)
-            for k, a in alphas.items():
-                m = better.reshape(n, s, *([1] * (a.dim() - 2)))
-                best_alpha[k] = torch.where(m, a.detach(), best_alpha[k])
-            # autograd.grad, not backward(): the graph's own .grad fields must stay untouched.
-            grads = torch.autograd.grad(-lb[torch.isfinite(lb)].sum(), list(alphas.values()), allow_unused=True)
-            for a, gr in zip(alphas.values(), grads):
-                a.grad = gr
-            opt.step()
-            with torch.no_grad():
-                for a in alphas.values():
-                    a.clamp_(0, 1)
-    return best_alpha
-
-
 def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: str = "crown", *,
                    labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
                    proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
                    intersect_ibp: bool = False, bounds: dict | None = None,
-                   fastlin_form: str = "forward", optimum: bool = True) -> BoundResult:
+                   fastlin_form: str = "forward", optimum: bool = True, alpha_scope: str = "all") -> BoundResult:
     """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
 
     C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
     ``bounds`` lets a caller pass precomputed intermediate bounds (e.g. IBP bounds shared with CROWN-IBP's
     β mixing). Differentiable w.r.t. the graph parameters (masks and line choices are constants).
+    ``alpha_scope`` (α-CROWN): "all" re-bounds the intermediate layers with slopes of their own, jointly
+    optimised for the final bound; "final" optimises the final pass only (``toolkit.bounds.alpha``).
     ``optimum=False`` skips recording the per-layer optimum (``res.layers``, what the regularizers read):
     certification does not need it, and without it and without autograd the final pass runs in the
     low-memory form (``ops.ReLURule``). ``res.g`` and ``res.z0`` are there either way.
     """
     if method not in METHODS:
         raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
+    if alpha_scope not in SCOPES:
+        raise BadInputError(f"unknown alpha scope {alpha_scope!r}; choose from {', '.join(SCOPES)}")
     if C is None:
         if labels is None:
             raise BadInputError("compute_bounds needs a spec matrix C or labels")
@@ -197,6 +174,7 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
     shapes = graph.shapes(dtype=inp.lo.dtype)
     mode, rule = _PLAN[method]
     ibp = ibp_bounds(graph, inp.lo, inp.hi) if (bounds is None or method == "ibp") else None
+    caller_bounds = bounds is not None
     if bounds is None:
         bounds = intermediate_bounds(graph, inp, mode, shapes, ibp, chunk_elems, intersect_ibp, proj, generator,
                                      fastlin_form)
@@ -205,14 +183,15 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
         if bound_upper:
             res.upper = -ibp_spec_bound(graph, ibp, -C)
         return _sanitize(res, graph)
-    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule,
-                                    record=optimum or method == "alpha-crown")  # α starts from the records
-    if method == "alpha-crown" and alpha_iters > 0 and records:
-        alphas = _optimise_alpha(graph, inp, C, bounds, shapes, records, alpha_iters, alpha_lr)
-        lower_a, g_a, records_a = _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas, record=optimum)
-        # Keep CROWN's bound wherever recomputation rounding left α-CROWN a hair below it.
-        lower = torch.maximum(lower_a, lower)
-        g, records = g_a, records_a
+    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, record=optimum)
+    if method == "alpha-crown" and alpha_iters > 0 and _has_relu(graph):
+        # Caller-given bounds (branch and bound's split domains, CROWN-IBP's shared IBP bounds) stay fixed.
+        opt = optimise_alpha(graph, inp, C, bounds, shapes, needs_bounds(graph), alpha_iters, alpha_lr,
+                             scope="final" if caller_bounds else alpha_scope, budget=2 * chunk_elems)
+        bounds = opt.bounds
+        lower_a, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, opt.alphas, record=optimum)
+        # Every candidate is sound: CROWN's, the best of the iterations, and the best slopes re-run.
+        lower = torch.maximum(torch.maximum(lower_a, opt.lower), lower)
     res = BoundResult(method, lower, C, g=g, x=inp.x, box=(inp.lo, inp.hi),
                       bounds=bounds, probabilistic=(method == "cp-proj"))
     res.layers = {k: LayerOptimum(pre=graph.edges[k][0], l=bounds[graph.edges[k][0]][0],

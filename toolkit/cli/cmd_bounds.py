@@ -26,6 +26,9 @@ def add_arguments(p):
     clip.add_argument("--no-clip", action="store_true", help="do not intersect the ball with a box")
     add_norm(p)
     p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
+    p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
+                   help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
+                        "of their own (tighter, costlier), 'final' only the final pass (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     add_device(p)
     p.add_argument("--out", required=True, help="output .npz path")
@@ -48,7 +51,8 @@ def run(args):
         raise BadInputError(f"--eps must be >= 0, got {args.eps}")
     graph = import_onnx(args.model, mean=args.mean, std=args.std)
     clip = None if args.no_clip else tuple(args.clip)
-    opts = {"alpha_iters": args.alpha_iters} if args.method == "alpha-crown" else {}
+    alpha = args.method == "alpha-crown"
+    opts = {"alpha_iters": args.alpha_iters, "alpha_scope": args.alpha_scope} if alpha else {}
     arrays = bounds_for_inputs(graph, x, labels, eps, args.method, clip, args.device, args.batch_size, **opts)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):

@@ -65,6 +65,9 @@ def add_arguments(p):
     p.add_argument("--pgd-step-size", type=float, default=None,
                    help="PGD l-inf step (default: 2.5·radius/steps per coordinate)")
     p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
+    p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
+                   help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
+                        "of their own (tighter, costlier), 'final' only the final pass (default: all)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
     add_device(p)
     add_seed(p)
@@ -117,5 +120,6 @@ def _certify(args, clip):
                          split=args.split, n=args.n, indices=args.indices, mean=args.mean, std=args.std,
                          out=args.out, clip=clip, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                          pgd_step_size=args.pgd_step_size, batch_size=args.batch_size, device=args.device,
-                         seed=args.seed, method_opts={"alpha_iters": args.alpha_iters},
+                         seed=args.seed,
+                         method_opts={"alpha_iters": args.alpha_iters, "alpha_scope": args.alpha_scope},
                          progress=False if args.no_progress else None, shard=args.shard)

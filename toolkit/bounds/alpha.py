@@ -1,0 +1,173 @@
+"""α-CROWN (Xu et al. 2021, "Fast and complete"): CROWN's lower-line slopes of unstable ReLUs optimised by
+projected gradient ascent on the final bound.
+
+Every lower line through the origin with slope α ∈ [0, 1] is sound (paper-spec §1.4), so any α gives a sound
+bound and the best over the iterations is kept per spec (never looser than CROWN, the starting point).
+
+Two scopes:
+- ``"final"``: one slope per (sample, final spec, neuron); intermediate bounds stay CROWN's.
+- ``"all"`` (default): in addition every intermediate layer's bounds are recomputed in each iteration
+  with slopes of their own, one per (sample, neuron spec of that layer, earlier neuron), and the gradient of
+  the final bound flows through them (the joint optimisation of α-CROWN). Each iteration's intermediate
+  bounds are sound, so they are intersected with the best so far, neuron by neuron.
+
+Samples are independent (the objective is a sum over samples and Adam works element-wise), so the batch is
+split into sub-batches whose slopes and autograd graph fit ``budget`` elements; the result is the same.
+When one sample alone does not fit, the call optimises the final pass only (``scope`` says which ran).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from toolkit.ir import nodes as N
+from toolkit.spec import InputSet
+
+from .backward import BackwardContext, backward_pass, concretize
+from .ibp import exact_on_box
+from .relu import relax
+
+SCOPES = ("all", "final")
+
+
+@dataclass
+class AlphaResult:
+    lower: torch.Tensor   # (N, S) best final bound over the iterations
+    bounds: dict          # node key -> (l, u): CROWN's, tightened neuron by neuron when scope == "all"
+    alphas: dict          # ReLU key -> (N, S, *shape) final-pass slopes of the best bound per spec
+    scope: str            # the scope that ran
+
+
+def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, scope="all", budget=2 ** 26):
+    """α-CROWN over ``bounds`` (CROWN's intermediate bounds of the keys ``needs``)."""
+    bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
+    layers = _layers(graph, bounds, needs) if scope == "all" else []
+    per_sample = _cost(graph, shapes, layers, C.shape[1])
+    if layers and per_sample > budget:
+        layers, scope = [], "final"   # one sample's slopes and autograd graph would not fit
+        per_sample = _cost(graph, shapes, layers, C.shape[1])
+    sub = max(1, budget // max(1, per_sample))
+    parts = [_optimise(graph, inp[i:i + sub], C[i:i + sub], _rows(bounds, i, i + sub), shapes,
+                       _layers(graph, _rows(bounds, i, i + sub), needs) if layers else [], iters, lr)
+             for i in range(0, len(inp), sub)]
+    lower = torch.cat([p[0] for p in parts])
+    merged = {k: tuple(torch.cat([p[1][k][j] for p in parts]) for j in range(2)) for k in bounds}
+    alphas = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+    return AlphaResult(lower, merged, alphas, scope)
+
+
+def _rows(bounds, start, stop):
+    return {k: (l[start:stop], u[start:stop]) for k, (l, u) in bounds.items()}
+
+
+def _layers(graph, bounds, needs):
+    """(key, flat indices) of the intermediate layers to re-bound: the neurons unstable in any sample of
+    layers that are not exact on the input box (their bounds are IBP's and already tightest)."""
+    exact, out = exact_on_box(graph), []
+    for key in needs:
+        if key in exact:
+            continue
+        l, u = (b.reshape(b.shape[0], -1) for b in bounds[key])
+        rows = ((l < 0) & (u > 0)).any(0).nonzero().flatten()
+        if rows.numel():
+            out.append((key, rows))
+    return out
+
+
+def _ancestor_relus(graph, key):
+    """ReLU keys that a backward pass from ``key`` crosses."""
+    seen, stack = set(), [key]
+    while stack:
+        k = stack.pop()
+        for j in graph.edges.get(k, ()):
+            if j not in seen and j in graph.nodes:
+                seen.add(j)
+                stack.append(j)
+    return [k for k in graph.order if k in seen and isinstance(graph.nodes[k], N.ReLU)]
+
+
+def _cost(graph, shapes, layers, n_final):
+    """Elements per sample that one iteration holds: slopes (with Adam's two moments) and the coefficient
+    tensors autograd keeps along each backward pass (≈ specs × the sizes of the nodes it crosses)."""
+    total = 0
+    for key, specs in [(k, 2 * rows.numel()) for k, rows in layers] + [(graph.output, n_final)]:
+        slopes = sum(math.prod(shapes[r]) for r in _ancestor_relus(graph, key))
+        crossed = sum(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
+        total += specs * (3 * slopes + 2 * crossed)
+    return total
+
+
+def _identity_specs(rows, shape, n, like):
+    """±e_j for the flat neuron indices ``rows`` of a node of ``shape``: (N, 2c, *shape), lower bounds of
+    the first c rows are the neurons' lower bounds, of the last c minus their upper bounds."""
+    m = math.prod(shape)
+    E = torch.zeros(rows.numel(), m, dtype=like.dtype, device=like.device)
+    E[torch.arange(rows.numel(), device=like.device), rows] = 1.0
+    return torch.cat([E, -E]).reshape(1, -1, *shape).expand(n, -1, *shape)
+
+
+def _start_slopes(graph, bounds, relus, n, s):
+    """CROWN's adaptive lower slopes (§1.4) as the starting point, one per (sample, spec, neuron)."""
+    out = {}
+    for r in relus:
+        l, u = bounds[graph.edges[r][0]]
+        slope = relax(l, u, "crown").lower_slope  # (N, 1, *shape)
+        out[r] = slope.expand(n, s, *slope.shape[2:]).clone().requires_grad_(True)
+    return out
+
+
+def _sweep(graph, inp, C, best, shapes, layers, alphas):
+    """One differentiable CROWN pass with slopes ``alphas``: the re-bounded layers in topological order, each
+    intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds)."""
+    n, b = len(inp), dict(best)
+    for key, rows in layers:
+        A = _identity_specs(rows, shapes[key], n, inp.lo)
+        g, const = backward_pass(graph, key, A, b, shapes, BackwardContext("alpha-crown", "crown", alphas[key]))
+        lb, c = concretize(g, const, inp.lo, inp.hi), rows.numel()
+        l0, u0 = (t.reshape(n, -1) for t in best[key])
+        l, u = l0.clone(), u0.clone()
+        l[:, rows] = torch.maximum(lb[:, :c], l0[:, rows])
+        u[:, rows] = torch.minimum(-lb[:, c:], u0[:, rows])
+        b[key] = (l.reshape(best[key][0].shape), u.reshape(best[key][1].shape))
+    A = C.reshape(n, C.shape[1], *shapes[graph.output])
+    g, const = backward_pass(graph, graph.output, A, b, shapes,
+                             BackwardContext("alpha-crown", "crown", alphas[graph.output]))
+    return concretize(g, const, inp.lo, inp.hi), b
+
+
+def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr):
+    """Adam on every slope of one sub-batch; returns (best lower, best bounds, best final slopes)."""
+    n, s = C.shape[:2]
+    with torch.enable_grad():
+        alphas = {key: _start_slopes(graph, bounds, _ancestor_relus(graph, key), n, 2 * rows.numel())
+                  for key, rows in layers}
+        alphas[graph.output] = _start_slopes(graph, bounds, _ancestor_relus(graph, graph.output), n, s)
+        params = [a for per_key in alphas.values() for a in per_key.values()]
+        opt = torch.optim.Adam(params, lr=lr)
+        best, best_lower, best_final = dict(bounds), None, {}
+        for _ in range(iters + 1):
+            lower, swept = _sweep(graph, inp, C, best, shapes, layers, alphas)
+            low = lower.detach()
+            better = torch.ones_like(low, dtype=torch.bool) if best_lower is None else low > best_lower
+            best_lower = low if best_lower is None else torch.where(better, low, best_lower)
+            for k, a in alphas[graph.output].items():
+                m = better.reshape(n, s, *([1] * (a.dim() - 2)))
+                best_final[k] = torch.where(m, a.detach(), best_final.get(k, a.detach()))
+            best = {k: _tighter(best[k], swept[k]) for k in best}
+            # autograd.grad, not backward(): the graph's own .grad fields must stay untouched.
+            grads = torch.autograd.grad(-lower[torch.isfinite(lower)].sum(), params, allow_unused=True)
+            for a, gr in zip(params, grads):
+                a.grad = gr
+            opt.step()
+            with torch.no_grad():
+                for a in params:
+                    a.clamp_(0, 1)
+    return best_lower, best, best_final
+
+
+def _tighter(old, new):
+    """Neuron-wise intersection of two sound bounds (NaN never replaces a finite bound)."""
+    l, u = new[0].detach(), new[1].detach()
+    return (torch.where(l > old[0], l, old[0]), torch.where(u < old[1], u, old[1]))
