@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIGHTCERT_SHARED", ROOT.parent / "shared"))
 NETS = ("mlp_2x100", "mnist_256x2", "small", "cifar_base_kw")
-METHODS = ("forward", "forward+backward", "ibp", "crown-ibp", "fastlin", "crown", "alpha-crown",
-           "convex_adversarial")
+METHODS = ("forward", "forward+backward", "ibp", "crown-ibp", "fastlin", "crown", "alpha-crown/final",
+           "alpha-crown", "convex_adversarial")
 
 
 def load_net(name):
@@ -89,7 +89,9 @@ def measure(net, method, batch, device):
                 return dual(C).mean()  # dual(c) is a lower bound of c·f (robust_loss uses -dual(c) as logits)
         with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
             # As certification runs it: no autograd, no recorded optimum (training's cost is in train_epoch.py).
-            return compute_bounds(graph, inp, C, method, alpha_iters=20, optimum=False).lower.mean()
+            name, _, scope = method.partition("/")  # alpha-crown/final: the final pass's slopes only
+            return compute_bounds(graph, inp, C, name, alpha_iters=20, alpha_scope=scope or "all",
+                                  optimum=False).lower.mean()
 
     run() if method in ("forward", "forward+backward") else None  # warm-up for the cheap ones
     if device.startswith("cuda"):
@@ -148,6 +150,9 @@ def _tensor_peak(run) -> int:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--alpha-batch", type=int, default=10,
+                    help="samples for the alpha-crown row (all slopes; ~8 s per MNIST Small sample on 2 CPU cores); "
+                         "its ratio to forward+backward is per sample")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -163,24 +168,27 @@ def main(argv=None):
     for net in args.nets.split(","):
         results = {}
         for method in args.methods.split(","):
-            cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(args.batch), "--device", args.device,
+            batch = args.alpha_batch if method == "alpha-crown" else args.batch
+            cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(batch), "--device", args.device,
                    "--one", net, method]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 results[method] = {"seconds": None, "note": proc.stderr.strip().splitlines()[-1][:80]}
             else:
                 results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[method]["batch"] = batch
             print(net, method, results[method], file=sys.stderr, flush=True)
         fb = results.get("forward+backward", {}).get("seconds")
         for method, r in results.items():
             s = r.get("seconds")
-            rows.append([net, method, f"{s:.3f}" if s is not None else "-",
-                         f"{s / fb:.1f}" if (s is not None and fb) else "-",
+            per_sample = (s / r["batch"]) / (fb / args.batch) if (s is not None and fb) else None
+            rows.append([net, method, r["batch"], f"{s:.3f}" if s is not None else "-",
+                         f"{per_sample:.1f}" if per_sample is not None else "-",
                          f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-",
                          f"{r['tensor_peak_bytes'] / 2**20:.0f}" if r.get("tensor_peak_bytes") is not None else "-",
                          f"{r['max_coeff_bytes'] / 2**20:.0f}" if r.get("max_coeff_bytes") else "-",
                          f"{r['mean_bound']:.4f}" if r.get("mean_bound") is not None else r.get("note", "-")])
-    headers = ["net", "method", "seconds", "× fwd+bwd", "peak RSS MiB", "peak tensors MiB", "largest A MiB",
+    headers = ["net", "method", "batch", "seconds", "× fwd+bwd (per sample)", "peak RSS MiB", "peak tensors MiB", "largest A MiB",
                "mean margin lb"]
     table = tabulate(rows, headers, tablefmt="github")
     print(table)
@@ -191,7 +199,8 @@ def main(argv=None):
 
         Path(args.out).write_text(
             f"# Bound-method speed (batch {args.batch}, device {args.device})\n\n"
-            f"Command: `python -m benchmarks.speed --batch {args.batch} --device {args.device}`  \n"
+            f"Command: `python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
+            f"--device {args.device}`  \n"
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores.\n\n{table}\n")
     return 0

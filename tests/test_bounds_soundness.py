@@ -270,6 +270,21 @@ def test_alpha_crown_sub_batches_and_fallback():
         assert torch.allclose(whole.bounds[key][0], split.bounds[key][0], rtol=1e-12, atol=1e-12), key
     tiny, final = run(1), run(2 ** 30, "final")
     assert tiny.scope == "final" and torch.allclose(tiny.lower, final.lower, rtol=1e-12, atol=1e-12)
+    res = compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=2, alpha_budget=1)
+    assert res.alpha_scope == "final"
+    assert compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=2).alpha_scope == "all"
+
+
+def test_alpha_crown_deadline_stops_at_crowns_slopes():
+    """A deadline already passed leaves only the first iteration, CROWN's own slopes: CROWN's numbers."""
+    import time
+
+    c = case("mlp_deep", 0, True)
+    crown = bounds("mlp_deep", 0, True, "crown")
+    res = compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=ALPHA_ITERS,
+                         alpha_deadline=time.monotonic() - 1.0)
+    assert torch.allclose(res.lower, crown.lower.detach(), rtol=1e-12, atol=1e-12)
+    assert (bounds("mlp_deep", 0, True, "alpha-crown").lower > res.lower + 1e-6).any()  # iterations do help
 
 
 def test_alpha_crown_keeps_caller_bounds():

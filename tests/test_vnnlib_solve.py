@@ -172,3 +172,46 @@ def test_relu_split_bab_soundness(tmp_path):
                 check_assignment(out, q)
             verdicts.append(out.verdict)
     assert verdicts.count("unsat") >= 1 and verdicts.count("sat") >= 1, verdicts
+
+
+def test_root_alpha_crown_tightens_the_bounds_branch_and_bound_starts_from(tmp_path, monkeypatch):
+    """The root's α-CROWN re-bounds the intermediate layers (scope "all") inside CROWN's root bounds, the
+    groups keep those bounds, and branch and bound's first domains start from them instead of CROWN's."""
+    import torch
+
+    from toolkit.vnnlib import ir_solver as S
+    from toolkit.vnnlib.problem import Problem
+
+    path = random_mlp(tmp_path / "m.onnx", [20, 16, 16, 16, 2], seed=3)
+    rng = np.random.default_rng(3)
+    c = rng.uniform(-1, 1, 20)
+    pts = c - 0.3 + 0.6 * rng.random((200, 20))
+    ys = np.array([OnnxModel(path).run([p.astype(np.float32).reshape(1, -1)])["y"].ravel() for p in pts])
+    t = float(np.max(ys[:, 0] - ys[:, 1])) - 0.01   # attained: no bound can refute it, the group stays
+    text = box_query(20, c - 0.3, c + 0.3, f"(assert (>= Y[0,0] (+ Y[0,1] {lit(t)})))", n_out=2)
+    q = load_query(write(tmp_path / "q.vnnlib", text), [f"N={path}"])
+    solver = S.IRSolver(Problem(q), Deadline(30.0, margin=0.0), np.random.default_rng(0), lambda m: None)
+    solver.root("crown")
+    crown = {k: v for k, v in solver._root_pre[0].items() if k in solver.needs}
+    solver.root("alpha-crown", 10)
+    (g,) = solver.groups
+    gain = 0.0
+    for key, (l, u) in crown.items():
+        la, ua = g.bounds[key]
+        assert (la >= l).all() and (ua <= u).all(), key
+        gain = max(gain, float((la - l).max()), float((u - ua).max()))
+    assert gain > 1e-6, "alpha-crown at the root tightened no intermediate bound"
+    seen = []
+
+    class FirstBatch(Exception):
+        pass
+
+    def first_batch(self, doms, *args, **kwargs):
+        seen.extend(doms)
+        raise FirstBatch  # only the first batch of branch and bound matters here
+
+    monkeypatch.setattr(S.IRSolver, "evaluate", first_batch)
+    with pytest.raises(FirstBatch):
+        solver.bab(input_split=False)
+    assert seen and all(d.cached is g.bounds and d.first_dirty == len(solver.needs) for d in seen)
+    assert all(torch.equal(d.cached[k][0], g.bounds[k][0]) for d in seen for k in crown)

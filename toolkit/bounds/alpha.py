@@ -18,6 +18,7 @@ When one sample alone does not fit, the call optimises the final pass only (``sc
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,8 @@ from .ibp import exact_on_box
 from .relu import relax
 
 SCOPES = ("all", "final")
+#: Default working set of one sub-batch (elements; 1 GiB of float32): one MNIST "Small" sample needs ~0.4 GiB.
+ALPHA_ELEMS = 2 ** 28
 
 
 @dataclass
@@ -40,8 +43,11 @@ class AlphaResult:
     scope: str            # the scope that ran
 
 
-def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, scope="all", budget=2 ** 26):
-    """α-CROWN over ``bounds`` (CROWN's intermediate bounds of the keys ``needs``)."""
+def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, scope="all", budget=ALPHA_ELEMS,
+                   deadline=None):
+    """α-CROWN over ``bounds`` (CROWN's intermediate bounds of the keys ``needs``). ``deadline`` (a
+    ``time.monotonic()`` value) ends the iterations early: every iteration's bounds are sound, so stopping
+    only costs tightness (the first, CROWN's own slopes, always runs)."""
     bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
     layers = _layers(graph, bounds, needs) if scope == "all" else []
     per_sample = _cost(graph, shapes, layers, C.shape[1])
@@ -50,7 +56,7 @@ def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, sc
         per_sample = _cost(graph, shapes, layers, C.shape[1])
     sub = max(1, budget // max(1, per_sample))
     parts = [_optimise(graph, inp[i:i + sub], C[i:i + sub], _rows(bounds, i, i + sub), shapes,
-                       _layers(graph, _rows(bounds, i, i + sub), needs) if layers else [], iters, lr)
+                       _layers(graph, _rows(bounds, i, i + sub), needs) if layers else [], iters, lr, deadline)
              for i in range(0, len(inp), sub)]
     lower = torch.cat([p[0] for p in parts])
     merged = {k: tuple(torch.cat([p[1][k][j] for p in parts]) for j in range(2)) for k in bounds}
@@ -95,7 +101,7 @@ def _cost(graph, shapes, layers, n_final):
     for key, specs in [(k, 2 * rows.numel()) for k, rows in layers] + [(graph.output, n_final)]:
         slopes = sum(math.prod(shapes[r]) for r in _ancestor_relus(graph, key))
         crossed = sum(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
-        total += specs * (3 * slopes + 2 * crossed)
+        total += specs * (3 * slopes + 4 * crossed)  # calibrated on MNIST Small: 96 M elements, 377 MiB peak
     return total
 
 
@@ -137,7 +143,7 @@ def _sweep(graph, inp, C, best, shapes, layers, alphas):
     return concretize(g, const, inp.lo, inp.hi), b
 
 
-def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr):
+def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
     """Adam on every slope of one sub-batch; returns (best lower, best bounds, best final slopes)."""
     n, s = C.shape[:2]
     with torch.enable_grad():
@@ -147,7 +153,9 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr):
         params = [a for per_key in alphas.values() for a in per_key.values()]
         opt = torch.optim.Adam(params, lr=lr)
         best, best_lower, best_final = dict(bounds), None, {}
-        for _ in range(iters + 1):
+        for it in range(iters + 1):
+            if it and deadline is not None and time.monotonic() >= deadline:
+                break
             lower, swept = _sweep(graph, inp, C, best, shapes, layers, alphas)
             low = lower.detach()
             better = torch.ones_like(low, dtype=torch.bool) if best_lower is None else low > best_lower

@@ -24,7 +24,7 @@ from toolkit.ir import INPUT
 from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec, scatter_margins
 
-from .alpha import SCOPES, optimise_alpha
+from .alpha import ALPHA_ELEMS, SCOPES, optimise_alpha
 from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
@@ -150,21 +150,26 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
                    labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
                    proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
                    intersect_ibp: bool = False, bounds: dict | None = None,
-                   fastlin_form: str = "forward", optimum: bool = True, alpha_scope: str = "all") -> BoundResult:
+                   fastlin_form: str = "forward", optimum: bool = True, alpha_scope: str | None = None,
+                   alpha_budget: int = ALPHA_ELEMS, alpha_deadline: float | None = None) -> BoundResult:
     """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
 
     C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
     ``bounds`` lets a caller pass precomputed intermediate bounds (e.g. IBP bounds shared with CROWN-IBP's
     β mixing). Differentiable w.r.t. the graph parameters (masks and line choices are constants).
     ``alpha_scope`` (α-CROWN): "all" re-bounds the intermediate layers with slopes of their own, jointly
-    optimised for the final bound; "final" optimises the final pass only (``toolkit.bounds.alpha``).
+    optimised for the final bound; "final" optimises the final pass only (``toolkit.bounds.alpha``); default
+    "all", or "final" when the caller passes ``bounds`` (they are then kept as they are); samples
+    run in sub-batches of at most ``alpha_budget`` elements of slopes and autograd graph, and where one
+    sample needs more, only the final pass is optimised (``res.alpha_scope`` says which scope ran);
+    ``alpha_deadline`` (``time.monotonic()``) stops the iterations early, keeping the best bounds so far.
     ``optimum=False`` skips recording the per-layer optimum (``res.layers``, what the regularizers read):
     certification does not need it, and without it and without autograd the final pass runs in the
     low-memory form (``ops.ReLURule``). ``res.g`` and ``res.z0`` are there either way.
     """
     if method not in METHODS:
         raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
-    if alpha_scope not in SCOPES:
+    if alpha_scope is not None and alpha_scope not in SCOPES:
         raise BadInputError(f"unknown alpha scope {alpha_scope!r}; choose from {', '.join(SCOPES)}")
     if C is None:
         if labels is None:
@@ -184,16 +189,19 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
             res.upper = -ibp_spec_bound(graph, ibp, -C)
         return _sanitize(res, graph)
     lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, record=optimum)
+    scope_ran = None
     if method == "alpha-crown" and alpha_iters > 0 and _has_relu(graph):
-        # Caller-given bounds (branch and bound's split domains, CROWN-IBP's shared IBP bounds) stay fixed.
+        # By default caller-given bounds (branch and bound's split domains, CROWN-IBP's shared IBP bounds)
+        # stay fixed; an explicit "all" re-bounds the layers inside them.
+        scope = alpha_scope or ("final" if caller_bounds else "all")
         opt = optimise_alpha(graph, inp, C, bounds, shapes, needs_bounds(graph), alpha_iters, alpha_lr,
-                             scope="final" if caller_bounds else alpha_scope, budget=2 * chunk_elems)
+                             scope=scope, budget=alpha_budget, deadline=alpha_deadline)
         bounds = opt.bounds
         lower_a, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, opt.alphas, record=optimum)
         # Every candidate is sound: CROWN's, the best of the iterations, and the best slopes re-run.
-        lower = torch.maximum(torch.maximum(lower_a, opt.lower), lower)
+        lower, scope_ran = torch.maximum(torch.maximum(lower_a, opt.lower), lower), opt.scope
     res = BoundResult(method, lower, C, g=g, x=inp.x, box=(inp.lo, inp.hi),
-                      bounds=bounds, probabilistic=(method == "cp-proj"))
+                      bounds=bounds, probabilistic=(method == "cp-proj"), alpha_scope=scope_ran)
     res.layers = {k: LayerOptimum(pre=graph.edges[k][0], l=bounds[graph.edges[k][0]][0],
                                   u=bounds[graph.edges[k][0]][1], unstable=r["relax"].unstable,
                                   upper_line=r["upper_line"], lower_slope=r["relax"].lower_slope,

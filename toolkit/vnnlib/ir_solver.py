@@ -63,6 +63,9 @@ class Group:
     lo: np.ndarray
     hi: np.ndarray
     specs: list = field(default_factory=list)
+    #: intermediate bounds on the whole box from the root's α-CROWN (key -> (l, u), each (1, *shape)):
+    #: branch and bound starts from them instead of recomputing CROWN's looser ones
+    bounds: dict | None = None
 
     def rows(self):
         A = np.concatenate([s.A for s in self.specs])
@@ -468,7 +471,8 @@ class IRSolver:
         return None
 
     # -- bounds on a batch of domains ---------------------------------------------------------------------
-    def evaluate(self, domains, method="crown", alpha_iters=0, pre=None, beta_iters=0):
+    def evaluate(self, domains, method="crown", alpha_iters=0, pre=None, beta_iters=0, alpha_scope=None,
+                 alpha_deadline=None):
         """Bound a batch. Returns per domain (alive specs after refutation, gap of the row closest to
         refutation among alive specs) and the BoundResult and intermediate bounds."""
         from toolkit.bounds import compute_bounds
@@ -512,7 +516,8 @@ class IRSolver:
         for i, (A, c, strict, owner) in enumerate(rows):
             C[i, :len(c)] = torch.as_tensor(A)
         res = compute_bounds(self.graph, inp, C, method if (method != "alpha-crown" or alpha_iters) else "crown",
-                             bounds=bounds, alpha_iters=alpha_iters)
+                             bounds=bounds, alpha_iters=alpha_iters, alpha_scope=alpha_scope,
+                             alpha_deadline=alpha_deadline)
         lower = res.lower.detach()
         if beta_iters and any(d.splits for d in domains):
             lower = torch.maximum(lower, beta_bounds(self.graph, inp, C, bounds, self.shapes, domains,
@@ -585,7 +590,8 @@ class IRSolver:
             for si in range(len(g.specs)):
                 alive = np.zeros(len(g.specs), bool)
                 alive[si] = True
-                heapq.heappush(heap, Domain(-math.inf, self._next(), gi, self._t(g.lo), self._t(g.hi), alive))
+                heapq.heappush(heap, Domain(-math.inf, self._next(), gi, self._t(g.lo), self._t(g.hi), alive,
+                                            cached=g.bounds, first_dirty=len(self.needs) if g.bounds else 0))
         # Batches are filled while their estimated cost fits in a third of the time left: per domain, a
         # measured base cost (final pass, β, candidates) plus the root-measured cost of every intermediate
         # layer it must recompute (a split in an early layer recomputes all later ones).
@@ -659,12 +665,22 @@ class IRSolver:
 
     def root(self, method, alpha_iters=0):
         """Bounds on the whole boxes; refuted disjuncts leave their groups. True when all are refuted.
-        α-CROWN reuses the intermediate bounds of the CROWN call before it (it only optimises the final
-        pass), so it costs a few final passes."""
+        α-CROWN starts from the intermediate bounds of the CROWN call before it and re-bounds them with
+        optimised slopes (scope "all"); the groups keep those bounds for branch and bound."""
+        import time
+
         doms = [Domain(0, self._next(), gi, self._t(g.lo), self._t(g.hi), np.ones(len(g.specs), bool))
                 for gi, g in enumerate(self.groups)]
-        pre = self._root_pre if (method == "alpha-crown" and self._root_pre is not None) else None
-        results, _, _ = self.evaluate(doms, method, alpha_iters, pre=pre)
+        alpha = method == "alpha-crown"
+        pre = self._root_pre if (alpha and self._root_pre is not None) else None
+        # the joint optimisation may take a quarter of the time left (every iteration's bounds are sound)
+        stop = time.monotonic() + self.deadline.remaining() / 4 if alpha else None
+        results, res, _ = self.evaluate(doms, method, alpha_iters, pre=pre, alpha_scope="all" if alpha else None,
+                                        alpha_deadline=stop)
+        if alpha:
+            for gi, g in enumerate(self.groups):
+                g.bounds = {k: (res.bounds[k][0][gi:gi + 1].detach(), res.bounds[k][1][gi:gi + 1].detach())
+                            for k in self.needs}
         keep, idx = [], []
         for gi, (g, (alive, _, _)) in enumerate(zip(self.groups, results)):
             g.specs = [s for s, a in zip(g.specs, alive) if a]
