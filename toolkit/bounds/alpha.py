@@ -26,7 +26,7 @@ import torch
 from toolkit.ir import nodes as N
 from toolkit.spec import InputSet
 
-from .backward import BackwardContext, backward_pass, concretize
+from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .ibp import exact_on_box
 from .relu import relax
 
@@ -105,15 +105,6 @@ def _cost(graph, shapes, layers, n_final):
     return total
 
 
-def _identity_specs(rows, shape, n, like):
-    """±e_j for the flat neuron indices ``rows`` of a node of ``shape``: (N, 2c, *shape), lower bounds of
-    the first c rows are the neurons' lower bounds, of the last c minus their upper bounds."""
-    m = math.prod(shape)
-    E = torch.zeros(rows.numel(), m, dtype=like.dtype, device=like.device)
-    E[torch.arange(rows.numel(), device=like.device), rows] = 1.0
-    return torch.cat([E, -E]).reshape(1, -1, *shape).expand(n, -1, *shape)
-
-
 def _start_slopes(graph, bounds, relus, n, s):
     """CROWN's adaptive lower slopes (§1.4) as the starting point, one per (sample, spec, neuron)."""
     out = {}
@@ -129,7 +120,7 @@ def _sweep(graph, inp, C, best, shapes, layers, alphas):
     intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds)."""
     n, b = len(inp), dict(best)
     for key, rows in layers:
-        A = _identity_specs(rows, shapes[key], n, inp.lo)
+        A = unit_specs(rows, shapes[key], n, inp.lo)
         g, const = backward_pass(graph, key, A, b, shapes, BackwardContext("alpha-crown", "crown", alphas[key]))
         lb, c = concretize(g, const, inp.lo, inp.hi), rows.numel()
         l0, u0 = (t.reshape(n, -1) for t in best[key])

@@ -7,6 +7,7 @@ bound over the box is  const + g·mid − |g|·rad  (ℓ∞ ball ∩ box, §2.1 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,17 @@ def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     for i in range(0, s, step):
         out[:, i:i + step] += sign * (gf[:, i:i + step].abs() @ rad).squeeze(-1)
     return out
+
+
+def unit_specs(rows: torch.Tensor, shape, n: int, like: torch.Tensor, both: bool = True) -> torch.Tensor:
+    """Specs e_j for the flat neuron indices ``rows`` of a node of ``shape`` (then −e_j too when ``both``),
+    expanded over the batch without copying: (N, c or 2c, *shape). The lower bound of e_j is the neuron's
+    lower bound, that of −e_j minus its upper bound."""
+    m = math.prod(shape)
+    E = torch.zeros(rows.numel(), m, dtype=like.dtype, device=like.device)
+    E[torch.arange(rows.numel(), device=like.device), rows] = 1.0
+    specs = torch.cat([E, -E]) if both else E
+    return specs.reshape(1, specs.shape[0], *shape).expand(n, specs.shape[0], *shape)
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -25,7 +25,7 @@ from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec, scatter_margins
 
 from .alpha import ALPHA_ELEMS, SCOPES, optimise_alpha
-from .backward import NONLINEAR, BackwardContext, backward_pass, concretize
+from .backward import NONLINEAR, BackwardContext, backward_pass, concretize, unit_specs
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
 from .result import BoundResult, LayerOptimum
@@ -61,11 +61,8 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
     lows, ups = [], []
     for start in range(0, idx.numel(), chunk):
         rows = idx[start:start + chunk]
-        E = torch.zeros(rows.numel(), m, dtype=inp.lo.dtype, device=inp.lo.device)
-        E[torch.arange(rows.numel()), rows] = 1.0
-        c = E.shape[0]
-        specs = E if symmetric else torch.cat([E, -E])
-        A = specs.reshape(1, per_spec * c, *shape).expand(n, per_spec * c, *shape)
+        c = rows.numel()
+        A = unit_specs(rows, shape, n, inp.lo, both=not symmetric)
         ctx = BackwardContext(rule, rule, symmetric=symmetric)
         g, const = backward_pass(graph, key, A, bounds, shapes, ctx)
         lb = concretize(g, const, inp.lo, inp.hi)
