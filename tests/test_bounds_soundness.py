@@ -270,6 +270,15 @@ def test_alpha_crown_sub_batches_and_fallback():
         assert torch.allclose(whole.bounds[key][0], split.bounds[key][0], rtol=1e-12, atol=1e-12), key
     tiny, final = run(1), run(2 ** 30, "final")
     assert tiny.scope == "final" and torch.allclose(tiny.lower, final.lower, rtol=1e-12, atol=1e-12)
+    # A budget that fits the cheapest sample alone but not the dearest: those fall back, the rest don't.
+    own = [A._cost(c.graph, shapes, A._layers(c.graph, A._rows(crown, i, i + 1), needs), c.C.shape[1])
+           for i in range(len(c.inp))]
+    assert min(own) < max(own), "the samples' costs should differ for this check"
+    mixed = run(min(own))
+    fits = torch.tensor([k <= min(own) for k in own])
+    assert mixed.scope == "partial"
+    close = lambda a, b: torch.allclose(a, b, rtol=1e-12, atol=1e-12)  # noqa: E731
+    assert close(mixed.lower[fits], whole.lower[fits]) and close(mixed.lower[~fits], final.lower[~fits])
     res = compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=2, alpha_budget=1)
     assert res.alpha_scope == "final"
     assert compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=2).alpha_scope == "all"

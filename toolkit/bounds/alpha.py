@@ -13,7 +13,7 @@ Two scopes:
 
 Samples are independent (the objective is a sum over samples and Adam works element-wise), so the batch is
 split into sub-batches whose slopes and autograd graph fit ``budget`` elements; the result is the same.
-When one sample alone does not fit, the call optimises the final pass only (``scope`` says which ran).
+A sample that alone does not fit gets the final pass only (``scope`` says which ran).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class AlphaResult:
     lower: torch.Tensor   # (N, S) best final bound over the iterations
     bounds: dict          # node key -> (l, u): CROWN's, tightened neuron by neuron when scope == "all"
     alphas: dict          # ReLU key -> (N, S, *shape) final-pass slopes of the best bound per spec
-    scope: str            # the scope that ran
+    scope: str            # the scope that ran: "all", "final", or "partial" (some samples did not fit)
 
 
 def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, scope="all", budget=ALPHA_ELEMS,
@@ -49,19 +49,34 @@ def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, sc
     ``time.monotonic()`` value) ends the iterations early: every iteration's bounds are sound, so stopping
     only costs tightness (the first, CROWN's own slopes, always runs)."""
     bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
-    layers = _layers(graph, bounds, needs) if scope == "all" else []
-    per_sample = _cost(graph, shapes, layers, C.shape[1])
-    if layers and per_sample > budget:
-        layers, scope = [], "final"   # one sample's slopes and autograd graph would not fit
-        per_sample = _cost(graph, shapes, layers, C.shape[1])
-    sub = max(1, budget // max(1, per_sample))
-    parts = [_optimise(graph, inp[i:i + sub], C[i:i + sub], _rows(bounds, i, i + sub), shapes,
-                       _layers(graph, _rows(bounds, i, i + sub), needs) if layers else [], iters, lr, deadline)
-             for i in range(0, len(inp), sub)]
+    plan = _plan(graph, bounds, shapes, needs, C.shape[1], budget, scope == "all")
+    parts = [_optimise(graph, inp[i:j], C[i:j], _rows(bounds, i, j), shapes, layers, iters, lr, deadline)
+             for i, j, layers, _ in plan]
     lower = torch.cat([p[0] for p in parts])
     merged = {k: tuple(torch.cat([p[1][k][j] for p in parts]) for j in range(2)) for k in bounds}
     alphas = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
-    return AlphaResult(lower, merged, alphas, scope)
+    fell_back = {too_big for *_, too_big in plan}
+    ran = "final" if scope == "final" or fell_back == {True} else "partial" if True in fell_back else "all"
+    return AlphaResult(lower, merged, alphas, ran)
+
+
+def _plan(graph, bounds, shapes, needs, n_final, budget, intermediate):
+    """Sub-batches (start, stop, layers to re-bound, fell back) in sample order, each within ``budget``
+    elements for the union of its samples' unstable neurons; a sample that alone does not fit is a
+    sub-batch of its own with the final pass only."""
+    n, plan, start = next(iter(bounds.values()))[0].shape[0], [], 0
+    layers_of = lambda i, j: _layers(graph, _rows(bounds, i, j), needs) if intermediate else []  # noqa: E731
+    cost = lambda i, j, layers: (j - i) * _cost(graph, shapes, layers, n_final)  # noqa: E731
+    while start < n:
+        stop, layers = start + 1, layers_of(start, start + 1)
+        if cost(start, stop, layers) > budget:
+            plan.append((start, stop, [], True))
+        else:
+            while stop < n and cost(start, stop + 1, grown := layers_of(start, stop + 1)) <= budget:
+                stop, layers = stop + 1, grown
+            plan.append((start, stop, layers, False))
+        start = stop
+    return plan
 
 
 def _rows(bounds, start, stop):

@@ -157,8 +157,8 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
     ``alpha_scope`` (α-CROWN): "all" re-bounds the intermediate layers with slopes of their own, jointly
     optimised for the final bound; "final" optimises the final pass only (``toolkit.bounds.alpha``); default
     "all", or "final" when the caller passes ``bounds`` (they are then kept as they are); samples
-    run in sub-batches of at most ``alpha_budget`` elements of slopes and autograd graph, and where one
-    sample needs more, only the final pass is optimised (``res.alpha_scope`` says which scope ran);
+    run in sub-batches of at most ``alpha_budget`` elements of slopes and autograd graph, and a sample that
+    alone needs more gets the final pass only (``res.alpha_scope``: "all", "partial" or "final");
     ``alpha_deadline`` (``time.monotonic()``) stops the iterations early, keeping the best bounds so far.
     ``optimum=False`` skips recording the per-layer optimum (``res.layers``, what the regularizers read):
     certification does not need it, and without it and without autograd the final pass runs in the

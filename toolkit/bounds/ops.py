@@ -41,6 +41,13 @@ def _same_for_all_samples(A) -> bool:
 #: Elements of A per block of the no-grad ReLU rule (2 MiB of float32: the block and its temporaries stay
 #: in the CPU's L2 cache through the rule's four passes).
 RELU_BLOCK_ELEMS = 2 ** 19
+#: The blocks' and slices' size on a GPU, where caches do not pay for more kernel launches: only memory
+#: counts (64 MiB of float32 work buffers, half the default intermediate-bound chunk).
+GPU_BLOCK_ELEMS = 2 ** 24
+
+
+def _block_elems(t: torch.Tensor, cpu_elems: int) -> int:
+    return cpu_elems if t.device.type == "cpu" else GPU_BLOCK_ELEMS
 
 
 def _row_blocks(n: int, s: int, per_row: int, budget: int):
@@ -79,14 +86,17 @@ CONV_SLICE_ELEMS = 2 ** 20
 
 def _conv_slice_rows(merged, in_shape, w, groups) -> int:
     """Rows of (N·S, C, H, W) per slice of ``_conv_transpose`` so that one slice touches at most
-    ``CONV_SLICE_ELEMS`` elements: oneDNN's channels-last path pads the output channels to a block of 16;
-    the plain kernel (few output channels) fills a (C·kh·kw, H_out·W_out) column buffer per row."""
+    ``CONV_SLICE_ELEMS`` elements (``GPU_BLOCK_ELEMS`` on a GPU): on the CPU oneDNN's channels-last path
+    pads the output channels to a block of 16, and the plain kernel (few output channels) fills a
+    (C·kh·kw, H_out·W_out) column buffer per row."""
     c_out, out_elems = w.shape[1] * groups, math.prod(in_shape)
-    if c_out >= 4 or merged.device.type != "cpu":
+    if merged.device.type != "cpu":
+        per_row = merged[0].numel() + out_elems
+    elif c_out >= 4:
         per_row = merged[0].numel() + out_elems * max(1, -(-16 // c_out))
     else:
         per_row = merged[0].numel() + out_elems + c_out * w.shape[2] * w.shape[3] * merged[0, 0].numel()
-    return max(1, CONV_SLICE_ELEMS // per_row)
+    return max(1, _block_elems(merged, CONV_SLICE_ELEMS) // per_row)
 
 
 class Rule:
@@ -254,7 +264,7 @@ class ReLURule(Rule):
             A_in = A if ctx.overwrite else torch.empty(A.shape, dtype=A.dtype, device=A.device)
             bias, extra = A.new_empty(n, s), (A.new_empty(n, s) if ctx.symmetric else None)
             per_spec = lo.shape[1] != 1
-            for rows, specs in _row_blocks(n, s, A[0, 0].numel(), RELU_BLOCK_ELEMS):
+            for rows, specs in _row_blocks(n, s, A[0, 0].numel(), _block_elems(A, RELU_BLOCK_ELEMS)):
                 pick = (rows, specs) if per_spec else (rows,)  # α: one slope per spec; else shared
                 part, bias[rows, specs], e = self._rule(A[rows, specs], lo[pick], d[pick], b_t[rows],
                                                         ctx.symmetric, ctx.overwrite)

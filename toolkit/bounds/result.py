@@ -55,7 +55,7 @@ class BoundResult:
     layers: dict = field(default_factory=dict)   # ReLU key -> LayerOptimum
     bounds: dict = field(default_factory=dict)   # node key -> (l, u) used for relaxations
     probabilistic: bool = False         # True for cp-proj: never a certificate
-    alpha_scope: str | None = None      # alpha-crown: the slopes optimised ("all" or "final")
+    alpha_scope: str | None = None      # alpha-crown: the slopes optimised ("all", "partial", "final")
 
     _z0: torch.Tensor | None = field(default=None, repr=False)
 
