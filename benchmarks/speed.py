@@ -188,8 +188,8 @@ def main(argv=None):
                          f"{r['tensor_peak_bytes'] / 2**20:.0f}" if r.get("tensor_peak_bytes") is not None else "-",
                          f"{r['max_coeff_bytes'] / 2**20:.0f}" if r.get("max_coeff_bytes") else "-",
                          f"{r['mean_bound']:.4f}" if r.get("mean_bound") is not None else r.get("note", "-")])
-    headers = ["net", "method", "batch", "seconds", "× fwd+bwd (per sample)", "peak RSS MiB", "peak tensors MiB", "largest A MiB",
-               "mean margin lb"]
+    headers = ["net", "method", "batch", "seconds", "× fwd+bwd (per sample)", "peak RSS MiB", "peak tensors MiB",
+               "largest A MiB", "mean margin lb"]
     table = tabulate(rows, headers, tablefmt="github")
     print(table)
     if args.out:

@@ -1,7 +1,7 @@
 """tightcert bounds: sound bounds for a batch of inputs, written to an .npz file."""
 from __future__ import annotations
 
-from .common import add_device, add_norm, float_list
+from .common import add_alpha, add_device, add_norm, float_list
 
 NAME = "bounds"
 HELP = "compute sound margin and logit bounds for inputs in an .npy file"
@@ -25,10 +25,7 @@ def add_arguments(p):
                       help="valid input box intersected with the ball (default: 0 1)")
     clip.add_argument("--no-clip", action="store_true", help="do not intersect the ball with a box")
     add_norm(p)
-    p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
-    p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
-                   help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
-                        "of their own (tighter, costlier), 'final' only the final pass (default: all)")
+    add_alpha(p)
     p.add_argument("--batch-size", type=int, default=100)
     add_device(p)
     p.add_argument("--out", required=True, help="output .npz path")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device, add_norm, add_seed, float_list
+from .common import add_alpha, add_device, add_norm, add_seed, float_list
 
 NAME = "certify"
 HELP = "certify an ONNX classifier on a dataset: clean, PGD and certified error; HDF5 report"
@@ -64,10 +64,7 @@ def add_arguments(p):
     p.add_argument("--pgd-restarts", type=int, default=1, help="PGD random restarts (default: 1)")
     p.add_argument("--pgd-step-size", type=float, default=None,
                    help="PGD l-inf step (default: 2.5·radius/steps per coordinate)")
-    p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
-    p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
-                   help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
-                        "of their own (tighter, costlier), 'final' only the final pass (default: all)")
+    add_alpha(p)
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
     add_device(p)
     add_seed(p)

@@ -20,6 +20,13 @@ def add_seed(p):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def add_alpha(p):
+    p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
+    p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
+                   help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
+                        "of their own (tighter, costlier), 'final' only the final pass (default: all)")
+
+
 def add_norm(p):
     p.add_argument("--mean", type=float_list, default=None,
                    help="per-channel mean to prepend as a Normalize node (normalisation outside the graph)")
