@@ -69,66 +69,132 @@ def _linear_part(node, P: torch.Tensor) -> torch.Tensor:
 def _relu_form(f, l, u, key, k, generator):
     """The ReLU's form: slopes times the input form, plus its intercept generators δ = b̄/2 + (b̄/2)·e
     (§1.5). Exact mode keeps one generator per (sample, unstable neuron) as a sparse block (T rows, each
-    owned by one sample — as convex_adversarial does), not a dense (N, |∪ unstable|) block."""
+    owned by one sample — as convex_adversarial does), not a dense (N, |∪ unstable|) block, and leaves the
+    slopes as the form's pending output scale: the next Linear folds them into its weight (no pass over the
+    (N, d, M) block), any other node applies them once."""
     unstable, slope, intercept = chord(l, u)
     half = intercept / 2
-    full = f.full()
-    s5 = _like(slope, full).unsqueeze(1)
-    # full() made a fresh tensor when the form has a column scale: scale it in place (no second large
-    # allocation) unless autograd needs its value.
-    G = full.mul_(s5) if (f.scale is not None and not torch.is_grad_enabled()) else s5 * full
+    c = slope * f.c + half
     if k is not None:  # projected: a fresh Cauchy projection of diag(b̄/2), summed into the k columns
-        return _Form(slope * f.c + half, G + cauchy(G.shape, G, generator) * half.unsqueeze(1))
+        full = f.full()
+        s5 = _like(slope, full).unsqueeze(1)
+        # full() made a fresh tensor when the form has a factor: scale it in place (no second large
+        # allocation) unless autograd needs its value.
+        factored = f.scale is not None or f.oscale is not None
+        G = full.mul_(s5) if (factored and not torch.is_grad_enabled()) else s5 * full
+        return _Form(c, G + cauchy(G.shape, G, generator) * half.unsqueeze(1))
     n = l.shape[0]
     flat_slope = slope.reshape(n, -1)
     sparse = {kk: (g * flat_slope[owner].reshape(g.shape), owner) for kk, (g, owner) in f.sparse.items()}
+    oscale = slope if f.oscale is None else f.oscale * slope
     owner, j = unstable.reshape(n, -1).nonzero(as_tuple=True)
-    if owner.numel() == 0:  # no unstable neuron in the batch: no new generators
-        return _Form(slope * f.c + half, G, None, sparse)
-    rows = l.new_zeros(owner.numel(), l[0].numel())
-    rows[torch.arange(owner.numel(), device=l.device), j] = half.reshape(n, -1)[owner, j]
-    sparse[key] = (rows.reshape(owner.numel(), *l.shape[1:]), owner)
-    return _Form(slope * f.c + half, G, None, sparse)
+    if owner.numel():  # else no unstable neuron in the batch: no new generators
+        rows = l.new_zeros(owner.numel(), l[0].numel())
+        rows[torch.arange(owner.numel(), device=l.device), j] = half.reshape(n, -1)[owner, j]
+        sparse[key] = (rows.reshape(owner.numel(), *l.shape[1:]), owner)
+    return _Form(c, f.G, f.scale, sparse, oscale)
+
+
+def _fold_linear(G, oscale, weight):
+    """G·diag(oscale)·Wᵀ per sample as one batched product with the scaled weight (N, M, M'): the (N, d, M)
+    block is read once by the GEMM instead of being scaled first (paper-spec §2.4, exact forward form)."""
+    n, (m_out, m) = oscale.shape[0], weight.shape
+    if G.shape[0] > 1:
+        return torch.bmm(G.reshape(n, -1, m), oscale.reshape(n, m, 1) * weight.t().unsqueeze(0))
+    # Shared G: one GEMM [W·diag(s_1); …; W·diag(s_N)]·G[0]ᵀ (a broadcast matmul copies G per sample in its
+    # backward), stored generator-axis last (N, M', d) and returned as its (N, d, M') transpose view, so
+    # element-wise passes and the radius product read it in memory order.
+    out = (oscale.reshape(n, 1, m) * weight.unsqueeze(0)).reshape(n * m_out, m) @ G[0].reshape(-1, m).t()
+    return out.reshape(n, m_out, -1).transpose(1, 2)
+
+
+class _WeightedL1(torch.autograd.Function):
+    """r[n, m] = Σ_i scale[n, i]·|G[n, i, m]| (the forward form's radius, §2.4) with a backward that works in
+    place in G's own memory order: sign(G)·scale·∂r, three passes and one allocation, where autograd's
+    abs/bmm chain materialises the outer product ∂r ⊗ scale and two more tensors of G's size."""
+
+    @staticmethod
+    def forward(ctx, G, scale):
+        Ga = G.abs()
+        ctx.save_for_backward(G, Ga if ctx.needs_input_grad[1] else None, scale)
+        if G.stride(1) == 1:  # generator axis last in memory (``_fold_linear``): a GEMV per sample in that order
+            return torch.bmm(Ga.transpose(1, 2), scale.unsqueeze(2)).squeeze(2)
+        return torch.bmm(scale.unsqueeze(1), Ga).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        G, Ga, scale = ctx.saved_tensors
+        grad_G = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_G = G.sign().mul_(scale.unsqueeze(2)).mul_(grad.unsqueeze(1))
+        if ctx.needs_input_grad[1]:
+            grad_scale = torch.bmm(Ga, grad.unsqueeze(2)).squeeze(2)
+        return grad_G, grad_scale
 
 
 class _Form:
     """c + G·e over independent generators e ∈ [−1, 1].
 
-    G: the input block, dense (N, m, ...) or — exact mode — shared across the batch, (1, d, ...) with a
-    per-sample column scale (N, d) (true G[n] = G[0]·diag(scale[n])), so the first affine layers run once on
-    the identity instead of once per sample; it is materialised at the first ReLU.
+    G: the input block, dense (N, m, ...) or — exact mode — shared across the batch (1, d, ...) until the
+    first sample-dependent step. Two optional per-sample factors stay unapplied (exact mode), so the large
+    block is not rescaled pass after pass: ``scale`` (N, d), a generator-axis scale (the input radii), and
+    ``oscale`` (N, *shape), an output-axis scale (ReLU slopes not yet applied): the true block is
+    G[n] = diag(scale[n])·G[0 or n]·diag(oscale[n]).
     sparse: ReLU key -> (rows (T, ...), owner (T,)): that ReLU's intercept generators, one row per
     (sample, unstable neuron), owned by sample ``owner``."""
 
-    def __init__(self, c, G, scale=None, sparse=None):
-        self.c, self.G, self.scale, self.sparse = c, G, scale, dict(sparse or {})
+    def __init__(self, c, G, scale=None, sparse=None, oscale=None):
+        self.c, self.G, self.scale, self.sparse, self.oscale = c, G, scale, dict(sparse or {}), oscale
+
+    def dense(self):
+        """G with the output scale applied (the generator-axis scale stays a factor)."""
+        if self.oscale is None:
+            return self.G
+        return self.G * _like(self.oscale, self.G).unsqueeze(1)
 
     def full(self):
+        G = self.dense()
         if self.scale is None:
-            return self.G
+            return G
         n, d = self.scale.shape
-        return self.G * self.scale.reshape(n, d, *([1] * (self.G.dim() - 2)))
+        return G * self.scale.reshape(n, d, *([1] * (G.dim() - 2)))
 
     def affine(self, node):
         sparse = {k: (_linear_part(node, g.unsqueeze(1)).squeeze(1), o) for k, (g, o) in self.sparse.items()}
-        return _Form(node(self.c), _linear_part(node, self.G), self.scale, sparse)
+        if self.oscale is not None and isinstance(node, N.Linear):
+            return _Form(node(self.c), _fold_linear(self.G, self.oscale, node.weight), self.scale, sparse)
+        if self.oscale is not None and type(node) in (N.Reshape, N.Flatten):  # the factor follows the reshape
+            return _Form(node(self.c), _linear_part(node, self.G), self.scale, sparse, node(self.oscale))
+        return _Form(node(self.c), _linear_part(node, self.dense()), self.scale, sparse)
 
     def __add__(self, other):
-        if self.scale is not None and self.scale is other.scale:
-            G, scale = self.G + other.G, self.scale
+        a, b = self._applied(), other._applied()
+        if a.scale is not None and a.scale is b.scale:
+            G, scale = a.G + b.G, a.scale
         else:
-            G, scale = self.full() + other.full(), None
-        sparse = dict(self.sparse)
-        for k, (g, o) in other.sparse.items():  # the same ReLU's block reached by two paths: same rows
+            G, scale = a.full() + b.full(), None
+        sparse = dict(a.sparse)
+        for k, (g, o) in b.sparse.items():  # the same ReLU's block reached by two paths: same rows
             sparse[k] = (sparse[k][0] + g, o) if k in sparse else (g, o)
-        return _Form(self.c + other.c, G, scale, sparse)
+        return _Form(a.c + b.c, G, scale, sparse)
+
+    def _applied(self):
+        return self if self.oscale is None else _Form(self.c, self.dense(), self.scale, self.sparse)
 
     def radius(self, k):
-        if self.scale is not None:  # Σ_j |G_j| rad_j as one matrix product
+        if k is not None:
+            r = self.full().abs().median(dim=1).values
+        elif self.scale is not None:  # Σ_j rad_j |G_j| as a (batched) matrix product
             d = self.G.shape[1]
-            r = (self.scale @ self.G.abs().reshape(d, -1)).reshape(self.c.shape)
+            if self.G.shape[0] == 1:
+                r = self.scale @ self.G.abs().reshape(d, -1)
+            else:
+                r = _WeightedL1.apply(self.G.reshape(self.G.shape[0], d, -1), self.scale)
+            r = r.reshape(self.c.shape)
         else:
-            r = self.G.abs().median(dim=1).values if k is not None else torch.linalg.vector_norm(self.G, 1, dim=1)
+            r = torch.linalg.vector_norm(self.G, 1, dim=1)
+        if self.oscale is not None:  # ReLU slopes are >= 0: |G·diag(s)| = |G|·diag(s)
+            r = r * self.oscale
         for g, owner in self.sparse.values():
             r = _like(r, g).index_add(0, owner, g.abs())
         return r

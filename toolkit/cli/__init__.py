@@ -61,7 +61,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from toolkit.errors import TightcertError
+    from toolkit.runtime import retain_freed_memory
 
+    retain_freed_memory()  # large bound tensors every step: no page faults per reuse (toolkit/runtime.py)
     try:
         return int(args._run(args) or 0)
     except TightcertError as e:

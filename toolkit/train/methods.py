@@ -175,7 +175,8 @@ class CPLoss(_BaseLoss):
             # A generator seeded by (seed, step): the projection is a function of the step, so a resumed
             # run draws the same Cauchy matrices as an uninterrupted one.
             kw = dict(proj=self.proj, generator=_step_generator(self.seed, step, x.device))
-        res = compute_bounds(graph, inp, None, self.bound_method, labels=y, **kw)
+        # The per-layer optimum (line choices) is recorded only when d or r reads it.
+        res = compute_bounds(graph, inp, None, self.bound_method, labels=y, optimum=self.reg.active, **kw)
         parts = {}
         total = self._regularize(graph, res, 0.0, parts)
         return self._finish(graph, x, y, res.lower, total, parts, step)
@@ -207,7 +208,7 @@ class CrownIBPLoss(_BaseLoss):
         run_crown = beta >= BETA_SKIP or (self.r_coupling == "always" and self.reg.active)
         if run_crown:
             # The IBP intermediate bounds are shared with the CROWN pass (§3.2 step 1).
-            ci = compute_bounds(graph, inp, C, "crown-ibp", bounds=ibp.bounds)
+            ci = compute_bounds(graph, inp, C, "crown-ibp", bounds=ibp.bounds, optimum=self.reg.active)
             if beta >= BETA_SKIP:
                 lower = beta * ci.lower + (1 - beta) * ibp.lower
             total = self._regularize(graph, ci, total, parts)
