@@ -351,7 +351,9 @@ def _train_time(report: Path):
         return None
 
 
-def evaluate_cell(cell: dict, onnx: Path, test_ds, out: Path, args, prof: dict):
+def evaluate_cell(cell: dict, onnx: Path, test_ds, out: Path, args, prof: dict, split: str = "test"):
+    """Certify ``onnx`` on ``test_ds`` into the report ``out``; ``split`` names where the samples come from
+    (benchmarks.paper_mnist evaluates on a validation split carved out of the training set)."""
     from toolkit.certify import certify
     from toolkit.certify.api import sha256_file
     from toolkit.ir.onnx_import import import_onnx
@@ -360,7 +362,7 @@ def evaluate_cell(cell: dict, onnx: Path, test_ds, out: Path, args, prof: dict):
     t0 = time.monotonic()
     res = certify(graph, test_ds, cell["eps"], CERTIFIER[cell["family"]], out=out, model_name=cell["name"],
                   model_path=str(onnx), model_sha256=sha256_file(onnx), data_name=cell["test_data"] or cell["dataset"],
-                  split="test",
+                  split=split,
                   pgd_steps=prof["pgd_steps"], batch_size=prof["eval_batch_size"], device=args.device, seed=args.seed,
                   progress=False)
     return res, time.monotonic() - t0
@@ -570,6 +572,9 @@ def main(argv=None) -> int:
 
 def _main(args, command) -> int:
     from toolkit.certify.checks import resolve_device
+    from toolkit.runtime import retain_freed_memory
+
+    retain_freed_memory()  # as the CLI does: large bound tensors every step (toolkit/runtime.py)
 
     if args.profile not in PROFILES:
         raise _bad(f"unknown profile {args.profile!r}; choose from {', '.join(PROFILES)}")

@@ -1,50 +1,72 @@
-"""Training cost per batch (and per MNIST epoch) of the certified methods on MNIST Small, as ratios to an
-ordinary (non-robust) training step in the same run (issue 8).
+"""Cost of one certified-training step per method, as ratios to reference steps in the same run (issue 13).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.train_epoch [--batches 3] [--batch 50] [--eps 0.1] [--device cpu]
-        [--methods plain,CP,CP+d+r,...] [--out benchmarks/results/train_epoch_cpu.md]
+    OMP_NUM_THREADS=1 python -m benchmarks.train_epoch [--nets mlp_2x100,small] [--batches 5] [--batch 50]
+        [--eps 0.1] [--methods ...] [--device cpu] [--out benchmarks/results/train_epoch_cpu.json]
+    python -m benchmarks.train_epoch --table-only [--out ...]     # rewrite the .md from the .json
 
 One step = loss, backward and an Adam step on a batch of real MNIST training images, exactly what the
-trainer does per batch. Methods (λ = 0.05, γ = 0.005 as in ``benchmarks.table1``):
+trainer does per batch (``toolkit.train.methods``). Rows (λ = 0.05, γ = 0.005 as in ``benchmarks.table1``):
 
-* ``plain``: cross-entropy on the clean logits (the ordinary epoch the ratios refer to);
-* ``CP``: Wong et al.'s convex-polytope loss with random projections to 50 (the paper's default, §9.3);
-  ``CP (exact)``: exact Fast-Lin bounds (the paper's "Exact" rows); ``+d+r``: with both regularizers;
-* ``CROWN-IBP``, ``CROWN-IBP+r``: measured at β = 0.5, i.e. inside the ε ramp where the CROWN pass runs
-  (once β reaches 0 a CROWN-IBP step is an IBP step, and r is not computed under the default coupling).
+* ``plain (nn.Sequential)``: cross-entropy through the same weights as a plain ``nn.Sequential`` (the
+  reference every ratio is read against); ``plain (IR)``: the same through our imported-IR graph;
+* ``IBP``; ``CROWN-IBP``, ``CROWN-IBP+r``: measured at β = 0.5, inside the ε ramp where the CROWN pass runs
+  (once β reaches 0 a CROWN-IBP step is an IBP step);
+* ``CP (proj 50)``: Wong et al.'s random projections (the paper's default, spec §9.3); ``CP (exact)``,
+  ``CP+d+r (exact)``: exact Fast-Lin bounds (the paper's "Exact" rows);
+* ``convex_adversarial (exact)``: ``convex_adversarial.robust_loss`` (Wong & Kolter's code, the one the paper's
+  CP training was built on; ``bounded_input=True`` like ours), on an ``nn.Sequential`` copy of the net.
 
-The steps are timed round-robin (one batch of every method, then the next round) and each method's
-median is reported, so drifting load on a shared machine affects all methods alike. Seconds per epoch
-are the median step × the number of batches in the 60,000-image training set.
+All steps run at ε/2 (step 1 of a 2-step ramp). The steps are timed round-robin (one batch of every method,
+then the next round) after one warm-up round, and each method's median is kept, so drifting load affects all
+methods alike. The process keeps freed memory in its heap (``toolkit.runtime``), as ``tightcert`` does; that
+applies to every row, convex_adversarial's included. Raw times go to the ``.json``; the ``.md`` is generated
+from it (``--table-only``; a test checks the committed pair), with one line per issue-13 target.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "train_epoch_cpu.json"
 LAM, GAMMA = 0.05, 0.005
-#: label -> make_loss keyword arguments (None: plain cross-entropy)
-METHODS = {"plain": None, "CP": dict(method="cp", proj=50), "CP+d+r": dict(method="cp", proj=50, lam=LAM, gamma=GAMMA),
-           "CP (exact)": dict(method="cp"), "CP+d+r (exact)": dict(method="cp", lam=LAM, gamma=GAMMA),
-           "CROWN-IBP": dict(method="crown-ibp"), "CROWN-IBP+r": dict(method="crown-ibp", gamma=GAMMA)}
+SEQ, IR, CA = "plain (nn.Sequential)", "plain (IR)", "convex_adversarial (exact)"
+#: label -> make_loss keyword arguments (None: one of the reference steps above)
+METHODS = {SEQ: None, IR: None, "IBP": dict(method="ibp"), "CROWN-IBP": dict(method="crown-ibp"),
+           "CROWN-IBP+r": dict(method="crown-ibp", gamma=GAMMA), "CP (proj 50)": dict(method="cp", proj=50),
+           "CP (exact)": dict(method="cp"), "CP+d+r (exact)": dict(method="cp", lam=LAM, gamma=GAMMA), CA: None}
+NETS = ("mlp_2x100", "small")
 N_TRAIN = 60000
+#: issue 13's targets: (label, numerator, denominator, bound, nets or None for all)
+TARGETS = [("exact CP ≤ 0.25× convex_adversarial's robust_loss", "CP (exact)", CA, 0.25, None),
+           ("CP + d + r ≤ 1.2× CP (exact)", "CP+d+r (exact)", "CP (exact)", 1.2, None),
+           ("CROWN-IBP + r ≤ 1.2× CROWN-IBP", "CROWN-IBP+r", "CROWN-IBP", 1.2, None),
+           ("CROWN-IBP (β > 0) ≤ 3× IBP on Small", "CROWN-IBP", "IBP", 3.0, ("small",)),
+           ("plain CE through the IR ≤ 1.2× nn.Sequential", IR, SEQ, 1.2, None)]
 
 
 def make_step(label, graph, eps, device):
-    """A function running one training step on (x, y)."""
+    """A function running one training step of ``label`` on (x, y); ``graph`` is trained in place."""
     import torch
 
     from toolkit.train.methods import make_loss
     from toolkit.train.schedules import BetaSchedule, EpsSchedule
 
-    opt = torch.optim.Adam(graph.parameters(), lr=1e-4)
+    sched = EpsSchedule(eps, 1, 0, 2)  # step 1 of a 2-step ramp: ε/2, β = 0.5 for CROWN-IBP
     kw = METHODS[label]
-    # Step 1 of a 2-step ramp: ε/2, β = 0.5 for CROWN-IBP (its CROWN pass runs).
-    sched = EpsSchedule(eps, 1, 0, 2)
+    if label in (SEQ, CA):
+        from benchmarks.convex_adversarial_net import to_sequential
+
+        model = to_sequential(graph).to(device)
+    else:
+        model = graph
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = None
     if kw is not None:
         kw = dict(kw)
@@ -52,13 +74,18 @@ def make_step(label, graph, eps, device):
             kw["beta"] = BetaSchedule(sched, 0.0)
         loss_fn = make_loss(**kw)
 
+    def loss(x, y):
+        if loss_fn is not None:
+            return loss_fn(graph, x, y, sched.value(1), 1).loss
+        if label == CA:
+            import convex_adversarial as ca
+
+            return ca.robust_loss(model, sched.value(1), x, y, bounded_input=True)[0]
+        return torch.nn.functional.cross_entropy(model(x).reshape(len(y), -1), y)
+
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        if loss_fn is None:
-            loss = torch.nn.functional.cross_entropy(graph(x).reshape(len(y), -1), y)
-        else:
-            loss = loss_fn(graph, x, y, sched.value(1), 1).loss
-        loss.backward()
+        loss(x, y).backward()
         opt.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -66,15 +93,14 @@ def make_step(label, graph, eps, device):
     return step
 
 
-def measure(methods, batches, batch, eps, device, data_root=None) -> dict:
-    import torch
-
+def measure(net, methods, batches, batch, eps, device, data_root=None) -> dict:
+    """label -> list of step times (s), round-robin over ``batches`` batches after one warm-up round."""
     from toolkit import zoo
     from toolkit.data import load_dataset
 
     ds = load_dataset("mnist", "train", data_root, batch * (batches + 1))
     xs, ys = ds.x.to(device), ds.y.to(device)
-    steps = {m: make_step(m, zoo.build("small", "mnist", 0).to(device), eps, device) for m in methods}
+    steps = {m: make_step(m, zoo.build(net, "mnist", 0).to(device), eps, device) for m in methods}
     times = {m: [] for m in methods}
     for m in methods:  # warm-up on the extra batch (allocations, first-call overheads)
         steps[m](xs[-batch:], ys[-batch:])
@@ -84,53 +110,108 @@ def measure(methods, batches, batch, eps, device, data_root=None) -> dict:
             t = time.perf_counter()
             steps[m](x, y)
             times[m].append(time.perf_counter() - t)
-            print(f"batch {b + 1}/{batches} {m}: {times[m][-1]:.3f}s", file=sys.stderr, flush=True)
-    return {m: statistics.median(v) for m, v in times.items()}
+            print(f"{net} batch {b + 1}/{batches} {m}: {times[m][-1]:.4f}s", file=sys.stderr, flush=True)
+    return times
 
 
-def table(med: dict, batch: int) -> str:
+# -- the table, from the data file ------------------------------------------------------------------------------
+
+def _median(data, net, label):
+    t = data["nets"].get(net, {}).get(label)
+    return statistics.median(t) if t else None
+
+
+def table(data: dict, net: str) -> str:
     from tabulate import tabulate
 
-    per_epoch = -(-N_TRAIN // batch)
-    base = med.get("plain")
-    rows = [[m, f"{s:.4f}", f"{s * per_epoch:.0f}", f"{s / base:.1f}×" if base else "-"] for m, s in med.items()]
-    return tabulate(rows, headers=["method", "s / batch (median)", "s / epoch (60k images)", "ratio to plain"],
-                    tablefmt="github", disable_numparse=True)
+    per_epoch = -(-N_TRAIN // data["batch"])
+    base = _median(data, net, SEQ)
+    rows = []
+    for m in data["nets"][net]:
+        s = _median(data, net, m)
+        rows.append([m, f"{s * 1000:.1f}", f"{s * per_epoch:.0f}", f"{s / base:.1f}×" if base else "-"])
+    return tabulate(rows, headers=["step", "ms / step (median)", "s / epoch (60k images)",
+                                   "× nn.Sequential CE"], tablefmt="github", disable_numparse=True)
+
+
+def target_lines(data: dict) -> list:
+    """One line per (target, net): the measured ratio and met / not met."""
+    out = []
+    for text, num, den, bound, nets in TARGETS:
+        for net in data["nets"]:
+            if nets and net not in nets:
+                continue
+            a, b = _median(data, net, num), _median(data, net, den)
+            if a is None or b is None:
+                out.append(f"- {text} — {net}: not measured in this run")
+                continue
+            verdict = "**met**" if a / b <= bound else "**not met**"
+            out.append(f"- {text} — {net}: {a / b:.2f}× ({a * 1000:.1f} / {b * 1000:.1f} ms): {verdict}")
+    return out
+
+
+def markdown(data: dict) -> str:
+    head = [f"# Training step cost on MNIST, {data['device']}", "",
+            f"Command: `{data['command']}`", "",
+            f"torch {data['torch']}, {data['threads']} thread(s), {data['cpu']}; batch {data['batch']}, steps at "
+            f"ε = {data['eps'] / 2:g} (ε/2 of {data['eps']:g}; CROWN-IBP at β = 0.5); median of {data['batches']} "
+            f"round-robin steps per row after a warm-up round; load average {data['load'][0]:.1f} at the start, "
+            f"{data['load'][1]:.1f} at the end on {data['cpus']} CPUs. \"s / epoch\" is the median step × "
+            f"{-(-N_TRAIN // data['batch'])} batches, not a measured epoch.", ""]
+    for net in data["nets"]:
+        head += [f"## {net}", "", table(data, net), ""]
+    head += ["## Issue 13 targets (ratios within this run)", ""] + target_lines(data) + [""]
+    return "\n".join(head)
 
 
 def main(argv=None) -> int:
-    import torch
-
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_epoch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", type=int, default=3, help="timed batches per method (default: 3)")
+    p.add_argument("--nets", default=",".join(NETS), help=f"zoo nets (default: {','.join(NETS)})")
+    p.add_argument("--batches", type=int, default=5, help="timed batches per method (default: 5)")
     p.add_argument("--batch", type=int, default=50, help="batch size (default: 50, Wong et al.)")
     p.add_argument("--eps", type=float, default=0.1, help="training eps at the end of the ramp (default: 0.1)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help="rows (default: all)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="write the markdown here too")
+    p.add_argument("--out", default=str(OUT), help="raw times (.json); the .md is written beside it")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the .md from --out")
     args = p.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or "plain" not in methods:
-        print(f"train_epoch: error: methods must include 'plain' and come from {', '.join(METHODS)}", file=sys.stderr)
-        return 2
-    import os
-
-    load0 = os.getloadavg()[0]
-    med = measure(methods, args.batches, args.batch, args.eps, args.device, args.data_root)
-    load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs"
-
-    text = (f"# Training cost on MNIST Small, {args.device}\n\nCommand: `OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.train_epoch {' '.join(argv)}`\n\n"
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, eps {args.eps} "
-            f"(steps at eps/2, beta 0.5), median of {args.batches} round-robin batches per method; {load}.\n\n"
-            + table(med, args.batch) + "\n")
+    out = Path(args.out)
+    if args.table_only:
+        if not out.is_file():
+            print(f"train_epoch: error: {out} does not exist", file=sys.stderr)
+            return 2
+        data = json.loads(out.read_text())
+    else:
+        methods = [m for m in args.methods.split(",") if m]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or SEQ not in methods:
+            print(f"train_epoch: error: methods must include {SEQ!r} and come from {', '.join(METHODS)}",
+                  file=sys.stderr)
+            return 2
+        data = run(args, methods, argv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+    text = markdown(data)
+    out.with_suffix(".md").write_text(text)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
     return 0
+
+
+def run(args, methods, argv) -> dict:
+    import torch
+
+    from toolkit.runtime import retain_freed_memory
+
+    retain_freed_memory()
+    load0 = os.getloadavg()[0]
+    nets = {net: measure(net, methods, args.batches, args.batch, args.eps, args.device, args.data_root)
+            for net in [n for n in args.nets.split(",") if n]}
+    return dict(command=f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.train_epoch "
+                        + " ".join(argv), device=args.device, torch=torch.__version__,
+                threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), batch=args.batch,
+                eps=args.eps, batches=args.batches, load=[load0, os.getloadavg()[0]], cpus=os.cpu_count(), nets=nets)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,23 @@ def test_committed_cpu_results_are_complete_and_match_their_table():
     values = table1.cell_values(h5)
     assert sorted(values) == sorted(c["run"] for c in grid) and len(grid) == 24
     assert table1.make_tables("cpu", h5) in md
+
+
+def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
+    """benchmarks/results/train_epoch_cpu.md is generated from the committed .json (every figure, and the
+    target verdicts, follow from the raw step times)."""
+    import json
+    import shutil
+
+    from benchmarks import train_epoch
+
+    src = train_epoch.OUT
+    assert src == train_epoch.ROOT / "benchmarks" / "results" / "train_epoch_cpu.json"
+    data = json.loads(src.read_text())
+    assert set(data["nets"]) == {"mlp_2x100", "small"}
+    for times in data["nets"].values():
+        assert set(times) == set(train_epoch.METHODS)
+        assert all(len(t) == data["batches"] and min(t) > 0 for t in times.values())
+    shutil.copy(src, tmp_path / "t.json")
+    assert train_epoch.main(["--table-only", "--out", str(tmp_path / "t.json")]) == 0
+    assert (tmp_path / "t.md").read_text() == src.with_suffix(".md").read_text()
