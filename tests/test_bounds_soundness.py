@@ -396,10 +396,10 @@ def test_no_grad_memory_saving_path_equals_autograd_path(net, method, blocks, mo
     intermediate bounds, lower and upper — including with tiny chunks, a coefficient shared by two
     branches, and block budgets so small that every block is one spec row (or a few samples)."""
     if blocks == "tiny":
-        from toolkit.bounds import ops
+        from toolkit.bounds import kernels
 
-        monkeypatch.setattr(ops, "RELU_BLOCK_ELEMS", 40)
-        monkeypatch.setattr(ops, "CONV_SLICE_ELEMS", 1)
+        monkeypatch.setattr(kernels, "RELU_BLOCK_ELEMS", 40)
+        monkeypatch.setattr(kernels, "CONV_SLICE_ELEMS", 1)
     meth, options = VARIANTS.get(method, (method, {}))
     if net == "shared_coefficient":
         graph = _two_relus_share_one_coefficient()

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from toolkit.ir import nodes as N
 from toolkit.spec import InputSet
 
 from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .ibp import exact_on_box
+from .ops import rule_for
 from .relu import relax
 
 SCOPES = ("all", "final")
@@ -106,7 +106,7 @@ def _ancestor_relus(graph, key):
             if j not in seen and j in graph.nodes:
                 seen.add(j)
                 stack.append(j)
-    return [k for k in graph.order if k in seen and isinstance(graph.nodes[k], N.ReLU)]
+    return [k for k in graph.order if k in seen and rule_for(graph.nodes[k]).relu]
 
 
 def _cost(graph, shapes, layers, n_final):

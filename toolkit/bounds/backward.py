@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from toolkit.ir import INPUT
-from toolkit.ir import nodes as N
 
 from .ops import rule_for
 from .relu import relax
 
-NONLINEAR = (N.ReLU, N.Sigmoid, N.Tanh, N.MaxPool2d)
 #: Largest coefficient tensor (elements) seen by any backward pass; the speed benchmark reads and resets it.
 STATS = {"max_coeff_elems": 0}
 
@@ -126,9 +124,9 @@ def backward_pass(graph, start: str, A: torch.Tensor, bounds: dict, shapes: dict
         node, in_keys = graph.nodes[key], graph.edges[key]
         ctx.key = key
         ctx.overwrite = _exclusive(A_out, A, coeffs.values())
-        in_bounds = [bounds.get(k) for k in in_keys] if isinstance(node, NONLINEAR) else None
-        A_ins, c = rule_for(node, ctx.method).backward(node, A_out, in_bounds, [shapes[k] for k in in_keys],
-                                                       ctx)
+        rule = rule_for(node, ctx.method)
+        in_bounds = [bounds.get(k) for k in in_keys] if rule.needs_bounds else None
+        A_ins, c = rule.backward(node, A_out, in_bounds, [shapes[k] for k in in_keys], ctx)
         if c is not None:
             const = const + c
         for k, A_in in zip(in_keys, A_ins):

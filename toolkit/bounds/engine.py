@@ -21,13 +21,13 @@ import torch
 
 from toolkit.errors import BadInputError
 from toolkit.ir import INPUT
-from toolkit.ir import nodes as N
 from toolkit.spec import InputSet, margin_spec, scatter_margins
 
 from .alpha import ALPHA_ELEMS, SCOPES, optimise_alpha
-from .backward import NONLINEAR, BackwardContext, backward_pass, concretize, unit_specs
+from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
+from .ops import rule_for
 from .result import BoundResult, LayerOptimum
 
 METHODS = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown", "cp-proj")
@@ -40,7 +40,7 @@ CHUNK_ELEMS = 2 ** 25
 
 def needs_bounds(graph) -> list:
     """Keys whose bounds a relaxation needs: the inputs of nonlinear nodes, in topological order."""
-    need = {graph.edges[k][0] for k, node, _ in graph if isinstance(node, NONLINEAR)}
+    need = {graph.edges[k][0] for k, node, _ in graph if rule_for(node).needs_bounds}
     return [k for k in graph.order if k in need]
 
 
@@ -53,8 +53,7 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
     n, shape = inp.lo.shape[0], shapes[key]
     m = math.prod(shape)
     idx = torch.arange(m, device=inp.lo.device) if only is None else only
-    symmetric = rule == "fastlin" and not any(isinstance(nd, (N.MaxPool2d, N.Sigmoid, N.Tanh))
-                                               for _, nd, _ in graph)
+    symmetric = rule == "fastlin" and all(rule_for(nd).parallel_lines for _, nd, _ in graph)
     per_spec = 1 if symmetric else 2
     widest = max(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
     chunk = max(1, min(m, chunk_elems // max(1, per_spec * n * widest)))
@@ -77,11 +76,11 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
 
 
 def _has_relu(graph):
-    return any(isinstance(nd, N.ReLU) for _, nd, _ in graph)
+    return any(rule_for(nd).relu for _, nd, _ in graph)
 
 
-def _relu_only(graph):
-    return not any(isinstance(nd, (N.MaxPool2d, N.Sigmoid, N.Tanh)) for _, nd, _ in graph)
+def _forward_form_applies(graph):
+    return all(rule_for(nd).forward_form for _, nd, _ in graph)
 
 
 def _forward_exact_chunked(graph, inp, shapes, chunk_elems, intersect_ibp, ibp):
@@ -110,7 +109,7 @@ def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_EL
         return dict(ibp)
     if mode == "proj":
         return forward_bounds(graph, inp, shapes, needs_bounds(graph), k=proj, generator=generator)
-    if mode == "fastlin" and fastlin_form == "forward" and _relu_only(graph):
+    if mode == "fastlin" and fastlin_form == "forward" and _forward_form_applies(graph):
         return _forward_exact_chunked(graph, inp, shapes, chunk_elems, intersect_ibp, ibp)
     exact = exact_on_box(graph)
     bounds = {INPUT: (inp.lo, inp.hi)}

@@ -20,21 +20,14 @@ import torch.nn.functional as F
 
 from toolkit.errors import UnsupportedOpError
 from toolkit.ir import INPUT
-from toolkit.ir import nodes as N
 
+from .ops import rule_for
 from .relu import chord
 
 
 def cauchy(shape, like: torch.Tensor, generator=None) -> torch.Tensor:
     u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     return torch.tan(math.pi * (u - 0.5))
-
-
-def _cl(t: torch.Tensor) -> torch.Tensor:
-    """Channels-last on CPU: oneDNN's convolution is ~3× faster on it for the generator blocks. Conv outputs
-    stay channels-last, and the element-wise steps below keep that layout (``_like``), so only the first
-    conv and the final Flatten convert."""
-    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" and t.dim() == 4 else t
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -47,22 +40,7 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def _linear_part(node, P: torch.Tensor) -> torch.Tensor:
     """Apply the node's linear part (no bias / shift / pad value) to the k projected columns (N, k, ...)."""
     n, k = P.shape[:2]
-    flat = P.reshape(n * k, *P.shape[2:])
-    if isinstance(node, N.Linear):
-        out = F.linear(flat, node.weight)
-    elif isinstance(node, N.Conv2d):
-        out = _cl(F.conv2d(_cl(flat), node.weight, None, node.stride, node.padding, node.dilation, node.groups))
-    elif isinstance(node, (N.Normalize, N.BatchNorm)):
-        scale, _ = node.scale_shift()
-        if flat.dim() == 2 and scale.dim() == 3:
-            scale = scale.flatten()
-        out = flat * scale
-    elif isinstance(node, N.Pad):
-        out = F.pad(flat, node.pads, mode="constant", value=0.0)
-    elif isinstance(node, (N.Reshape, N.Transpose, N.AvgPool2d)):
-        out = node(flat)
-    else:
-        raise UnsupportedOpError(node.op, node.onnx_name, method="cp-proj")
+    out = rule_for(node, "fastlin (forward)").forward_linear(node, P.reshape(n * k, *P.shape[2:]))
     return out.reshape(n, k, *out.shape[1:])
 
 
@@ -161,9 +139,10 @@ class _Form:
 
     def affine(self, node):
         sparse = {k: (_linear_part(node, g.unsqueeze(1)).squeeze(1), o) for k, (g, o) in self.sparse.items()}
-        if self.oscale is not None and isinstance(node, N.Linear):
-            return _Form(node(self.c), _fold_linear(self.G, self.oscale, node.weight), self.scale, sparse)
-        if self.oscale is not None and type(node) in (N.Reshape, N.Flatten):  # the factor follows the reshape
+        rule = rule_for(node)
+        if self.oscale is not None and rule.dense_weight(node) is not None:
+            return _Form(node(self.c), _fold_linear(self.G, self.oscale, rule.dense_weight(node)), self.scale, sparse)
+        if self.oscale is not None and rule.cell_moving:  # the factor moves with the cells
             return _Form(node(self.c), _linear_part(node, self.G), self.scale, sparse, node(self.oscale))
         return _Form(node(self.c), _linear_part(node, self.dense()), self.scale, sparse)
 
@@ -221,12 +200,13 @@ def forward_bounds(graph, inp, shapes, needed, k: int | None = None, generator=N
     for pos, key in enumerate(graph.order[:last_needed + 1]):  # nothing after the last needed node
         node = graph.nodes[key]
         ins = [forms[i] for i in graph.edges[key]]
-        if isinstance(node, N.Add):
+        form = rule_for(node).forward_form
+        if form == "add":
             forms[key] = ins[0] + ins[1]
-        elif isinstance(node, N.ReLU):
+        elif form == "relu":
             l, u = bounds[graph.edges[key][0]]
             forms[key] = _relu_form(ins[0], l, u, key, k, generator)
-        elif node.affine:
+        elif form == "linear":
             forms[key] = ins[0].affine(node)
         else:
             raise UnsupportedOpError(node.op, node.onnx_name, method="fastlin (forward)" if k is None else "cp-proj")

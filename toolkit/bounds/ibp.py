@@ -4,14 +4,9 @@ from __future__ import annotations
 import torch
 
 from toolkit.ir import INPUT
-from toolkit.ir import nodes as N
 
 from .ops import rule_for
 
-#: Ops that map a box onto a box exactly (element-wise or a permutation of cells).
-BOX_PRESERVING = (N.Normalize, N.BatchNorm, N.Reshape, N.Flatten, N.Transpose, N.Pad)
-#: Ops whose interval image of a box is tight per output cell (one affine mixing step).
-TIGHT_ON_BOX = (N.Linear, N.Conv2d, N.AvgPool2d) + BOX_PRESERVING
 
 
 def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = None) -> dict:
@@ -32,9 +27,10 @@ def exact_on_box(graph) -> set:
     is_box, exact = {INPUT}, set()
     for key in graph.order:
         node, ins = graph.nodes[key], graph.edges[key]
-        if len(ins) == 1 and ins[0] in is_box and isinstance(node, TIGHT_ON_BOX):
+        rule = rule_for(node)
+        if len(ins) == 1 and ins[0] in is_box and rule.tight_on_box:
             exact.add(key)
-            if isinstance(node, BOX_PRESERVING):
+            if rule.box_preserving:
                 is_box.add(key)
     return exact
 
@@ -45,10 +41,11 @@ def ibp_spec_bound(graph, bounds: dict, C: torch.Tensor) -> torch.Tensor:
     out = graph.output
     node = graph.nodes[out]
     n, s = C.shape[:2]
-    if isinstance(node, N.Linear):
+    weight = rule_for(node).dense_weight(node)
+    if weight is not None:
         lo, hi = bounds[graph.edges[out][0]]
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        W = C @ node.weight                          # (N, S, in)
+        W = C @ weight                               # (N, S, in)
         b = C @ node.bias                            # (N, S)
         return (W @ mid.unsqueeze(-1)).squeeze(-1) + b - (W.abs() @ rad.unsqueeze(-1)).squeeze(-1)
     lo, hi = bounds[out]

@@ -4,17 +4,20 @@
 linear function of the node's output for S specs per sample. It returns the coefficients on each input
 (same layout) and the constant it contributes, shape (N, S). For affine ops this is the transpose; for
 nonlinear ops a relaxation chosen by ``ctx`` (paper-spec §2.1). Lookup is by node type (``RULES``), so a
-new op means one new class here (the jax_verify / auto_LiRPA pattern without a god object).
+new op means one new class here (the jax_verify / auto_LiRPA pattern without a god object). The rule is also
+the one place for what the rest of the code asks of an op (``FACTS``), its forward-form rule
+(``forward_linear``) and its float rounding model (``float_error``); block sizes and kernel choices live in
+``kernels.py``.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
 from toolkit.errors import UnsupportedOpError
 from toolkit.ir import nodes as N
+
+from . import kernels
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
@@ -38,71 +41,57 @@ def _same_for_all_samples(A) -> bool:
     return A.shape[0] > 1 and A.stride(0) == 0
 
 
-#: Elements of A per block of the no-grad ReLU rule (2 MiB of float32: the block and its temporaries stay
-#: in the CPU's L2 cache through the rule's four passes).
-RELU_BLOCK_ELEMS = 2 ** 19
-#: The blocks' and slices' size on a GPU, where caches do not pay for more kernel launches: only memory
-#: counts (64 MiB of float32 work buffers, half the default intermediate-bound chunk).
-GPU_BLOCK_ELEMS = 2 ** 24
+#: The facts every rule states (``None`` in the base class; ``tests/test_rules.py`` checks that the rule of
+#: every IR node type sets each one, so a new op cannot silently inherit a wrong answer):
+#: needs_bounds: the relaxation reads the bounds of the op's input (the op is nonlinear).
+#: relu: ReLU lines (upper chord, lower line through 0): α slopes, the regularizers d and r, the relaxed
+#:     network of §2.3 and the forward form know how to handle it.
+#: parallel_lines: under Fast-Lin's slopes the lower and upper relaxation are parallel (or exact), so one
+#:     backward pass with +A gives both bounds (``engine.neuron_bounds``' symmetric shortcut; an op without
+#:     it there would make that shortcut's upper bounds unsound).
+#: tight_on_box: IBP of the op on a box input is the tightest per output cell (one mixing affine step).
+#: box_preserving: the op maps a box onto a box exactly (element-wise or a permutation of cells).
+#: cell_moving: each output cell is one input cell or the constant 0 (Reshape, Flatten, Transpose, Pad), so
+#:     a per-cell scale pending on the input (the forward form's ReLU slopes) moves along with the cells.
+#: forward_form: how the Fast-Lin forward form (§2.4) propagates it: "linear" (``forward_linear``), "relu",
+#:     "add", or "" (not supported: the engine falls back to backward passes).
+FACTS = ("needs_bounds", "relu", "parallel_lines", "tight_on_box", "box_preserving", "cell_moving", "forward_form")
+
+#: float32 unit roundoff (round to nearest).
+U32 = 2.0 ** -24
 
 
-def _block_elems(t: torch.Tensor, cpu_elems: int) -> int:
-    return cpu_elems if t.device.type == "cpu" else GPU_BLOCK_ELEMS
+class Rounding:
+    """How a node's evaluation may differ from the IR's real-number value (``vnnlib.ir_solver.float_error``):
+    ``f32``: the model is evaluated in float32 and every node rounds (γ_n = n·u/(1 − n·u), u = 2^-24);
+    else only constants the importer re-expressed with one float32 rounding differ: a bias with a folded
+    constant (``folded``), every Linear when a Gemm's alpha/beta were multiplied in (``rescaled``), a
+    Normalize's 1/std and −mean/std unless the caller treats the node as exact (``exact``)."""
 
+    def __init__(self, f32: bool, folded: bool = False, rescaled: bool = False, exact: bool = False):
+        self.f32, self.folded, self.rescaled, self.exact = f32, folded, rescaled, exact
 
-def _row_blocks(n: int, s: int, per_row: int, budget: int):
-    """(sample slice, spec slice) blocks covering an (N, S) grid of rows of ``per_row`` elements, in memory
-    order, each holding at most ``budget`` elements (at least one row): whole samples at a time when a
-    sample fits, else spec slices of one sample."""
-    rows = max(1, budget // max(1, per_row))
-    if rows >= s:
-        step = rows // s
-        return [(slice(i, i + step), slice(None)) for i in range(0, n, step)]
-    return [(slice(i, i + 1), slice(j, j + rows)) for i in range(n) for j in range(0, s, rows)]
+    @staticmethod
+    def gamma_f32(n: int) -> float:
+        """γ for a float32 computation of n terms (with the two roundings of a fused step)."""
+        k = (n + 2) * U32
+        return k / (1 - k)
 
-
-def _conv_transpose(x, w, stride, padding, out_pad, groups, dilation):
-    """The transpose of a convolution (its backward rule). On CPU the oneDNN kernel is 2-3× faster on
-    channels-last input once the transpose has several output channels, and ~3× slower than the plain
-    im2col kernel when it has few (the image layer: oneDNN pads channels to a block of 16). Measured with
-    torch 2.14 on MNIST Small (issue 4 notes)."""
-    if x.device.type != "cpu":
-        return F.conv_transpose2d(x, w, None, stride, padding, out_pad, groups, dilation)
-    if w.shape[1] * groups >= 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv_transpose2d(x, w, None, stride, padding, out_pad, groups, dilation).contiguous()
-    if groups == 1:  # the plain kernel (an ATen op, with autograd)
-        return torch.ops.aten.slow_conv_transpose2d(x.contiguous(), w, list(w.shape[2:]), None, list(stride),
-                                                    list(padding), list(out_pad), list(dilation))
-    return F.conv_transpose2d(x, w, None, stride, padding, out_pad, groups, dilation)
-
-
-#: Elements one slice of a no-grad conv transpose may touch (its input, output and the backend's work
-#: buffers; 4 MiB of float32). Slices that fit the CPU caches are faster than one whole call (up to 3× on
-#: MNIST Small / cifar_base_kw at batch 100 × 9 specs, torch 2.14) and keep memory near one coefficient
-#: tensor for CROWN's large intermediate-bound chunks (issue 4's memory target).
-CONV_SLICE_ELEMS = 2 ** 20
-
-
-def _conv_slice_rows(merged, in_shape, w, groups) -> int:
-    """Rows of (N·S, C, H, W) per slice of ``_conv_transpose`` so that one slice touches at most
-    ``CONV_SLICE_ELEMS`` elements (``GPU_BLOCK_ELEMS`` on a GPU): on the CPU oneDNN's channels-last path
-    pads the output channels to a block of 16, and the plain kernel (few output channels) fills a
-    (C·kh·kw, H_out·W_out) column buffer per row."""
-    c_out, out_elems = w.shape[1] * groups, math.prod(in_shape)
-    if merged.device.type != "cpu":
-        per_row = merged[0].numel() + out_elems
-    elif c_out >= 4:
-        per_row = merged[0].numel() + out_elems * max(1, -(-16 // c_out))
-    else:
-        per_row = merged[0].numel() + out_elems + c_out * w.shape[2] * w.shape[3] * merged[0, 0].numel()
-    return max(1, _block_elems(merged, CONV_SLICE_ELEMS) // per_row)
+    def gamma(self, n: int) -> float:
+        """γ when every node rounds (float32 semantics), else 0."""
+        return self.gamma_f32(n) if self.f32 else 0.0
 
 
 class Rule:
     op = "?"
     #: Backward rule exists (IBP-only ops raise for linear-relaxation methods).
     has_backward = True
+    needs_bounds = relu = parallel_lines = tight_on_box = box_preserving = cell_moving = forward_form = None
+
+    def dense_weight(self, node):
+        """The matrix W of an op that is x ↦ W·x + b on flat vectors (the forward form folds pending
+        per-sample slopes into it), else None."""
+        return None
 
     def ibp(self, node, *bounds):
         raise NotImplementedError
@@ -110,9 +99,21 @@ class Rule:
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         raise UnsupportedOpError(node.op, node.onnx_name, method=ctx.method)
 
+    def forward_linear(self, node, flat):
+        """The op's linear part (no bias, shift or pad value) on generator columns (M, *in_shape)."""
+        raise UnsupportedOpError(node.op, node.onnx_name, method="fastlin (forward)")
+
+    def float_error(self, node, E, M, rounding: Rounding):
+        """Bound on |float evaluation − real value| of the output, from the inputs' error bounds ``E`` and
+        magnitude bounds ``M`` (lists, one per input)."""
+        raise NotImplementedError(f"no float rounding model for {node.op}")
+
 
 class AffineRule(Rule):
     """Interval rule through centre/radius (exact for affine maps)."""
+
+    needs_bounds, relu, parallel_lines, forward_form = False, False, True, "linear"
+    tight_on_box, box_preserving, cell_moving = True, False, False
 
     def ibp(self, node, bounds):
         lo, hi = bounds
@@ -129,6 +130,22 @@ class LinearRule(AffineRule):
     def abs_linear(self, node, rad):
         return rad @ node.weight.abs().t()
 
+    def forward_linear(self, node, flat):
+        return F.linear(flat, node.weight)
+
+    def dense_weight(self, node):
+        return node.weight
+
+    def float_error(self, node, E, M, rounding):
+        W, b = node.weight.abs(), node.bias.abs()
+        mag = F.linear(M[0] + E[0], W) + b
+        e = F.linear(E[0], W) + rounding.gamma(W.shape[1]) * mag
+        if not rounding.f32 and rounding.rescaled:
+            e = e + 2 * U32 * mag
+        elif rounding.folded and not rounding.f32:
+            e = e + 2 * U32 * b
+        return e
+
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         if _same_for_all_samples(A):
             A1 = A[:1]
@@ -139,6 +156,18 @@ class LinearRule(AffineRule):
 class Conv2dRule(AffineRule):
     def abs_linear(self, node, rad):
         return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)
+
+    def forward_linear(self, node, flat):
+        cl = kernels.channels_last_cpu
+        return cl(F.conv2d(cl(flat), node.weight, None, node.stride, node.padding, node.dilation, node.groups))
+
+    def float_error(self, node, E, M, rounding):
+        W, b = node.weight.abs(), node.bias.abs().reshape(-1, 1, 1)
+        conv = lambda t: F.conv2d(t, W, None, node.stride, node.padding, node.dilation, node.groups)  # noqa: E731
+        e = conv(E[0]) + rounding.gamma(W.shape[1] * W.shape[2] * W.shape[3]) * (conv(M[0] + E[0]) + b)
+        if rounding.folded and not rounding.f32:
+            e = e + 2 * U32 * b
+        return e
 
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         if _same_for_all_samples(A):
@@ -153,9 +182,9 @@ class Conv2dRule(AffineRule):
             k, st, p, d = w.shape[2 + ax], node.stride[ax], node.padding[ax], node.dilation[ax]
             out_pad.append(h_in - ((h_out - 1) * st - 2 * p + d * (k - 1) + 1))  # stride-2 pitfall (§9.2)
         merged = _merge(A)
-        conv_t = lambda t: _conv_transpose(t, w, node.stride, node.padding, tuple(out_pad),  # noqa: E731
+        conv_t = lambda t: kernels.conv_transpose(t, w, node.stride, node.padding, tuple(out_pad),  # noqa: E731
                                            node.groups, node.dilation)
-        rows = _conv_slice_rows(merged, in_shape, w, node.groups) if ctx.low_memory else merged.shape[0]
+        rows = kernels.conv_slice_rows(merged, in_shape, w, node.groups) if ctx.low_memory else merged.shape[0]
         if rows < merged.shape[0]:
             # In slices: the backend's work buffers (a reordered copy of its input and output) scale with
             # the slice, so large coefficient tensors stay near one copy (issue 4's memory target).
@@ -169,8 +198,18 @@ class Conv2dRule(AffineRule):
 
 
 class ReshapeRule(AffineRule):
+    """Reshape, Flatten (and the rules below built on it): moves cells, so boxes stay boxes."""
+
+    box_preserving = cell_moving = True
+
     def ibp(self, node, bounds):
         return node(bounds[0]), node(bounds[1])
+
+    def forward_linear(self, node, flat):
+        return node(flat)
+
+    def float_error(self, node, E, M, rounding):
+        return node(E[0])
 
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         return [A.reshape(*A.shape[:2], *in_shapes[0])], None
@@ -185,6 +224,12 @@ class TransposeRule(ReshapeRule):
 
 
 class PadRule(ReshapeRule):
+    def forward_linear(self, node, flat):
+        return F.pad(flat, node.pads, mode="constant", value=0.0)
+
+    def float_error(self, node, E, M, rounding):
+        return F.pad(E[0], node.pads, mode="constant", value=0.0)
+
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         left, right, top, bottom = node.pads
         h, w = A.shape[-2:]
@@ -198,6 +243,12 @@ class PadRule(ReshapeRule):
 class AvgPoolRule(ReshapeRule):
     """Average pooling has non-negative weights, so its interval rule is monotone."""
 
+    box_preserving = cell_moving = False  # it mixes cells (one affine step: still tight on a box)
+
+    def float_error(self, node, E, M, rounding):
+        k = node.kernel_size[0] * node.kernel_size[1]
+        return node(E[0]) + rounding.gamma(k + 1) * node(M[0] + E[0])
+
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         n, s = A.shape[:2]
         z = torch.zeros(n * s, *in_shapes[0], dtype=A.dtype, device=A.device, requires_grad=True)
@@ -209,6 +260,24 @@ class AvgPoolRule(ReshapeRule):
 
 class ElementwiseAffineRule(AffineRule):
     """Normalize and BatchNorm: y = x * scale + shift."""
+
+    box_preserving = True
+    #: The importer re-expresses the constants (Normalize: 1/std and −mean/std in float32).
+    reexpressed_constants = False
+
+    def _scale_shift(self, node, like):
+        scale, shift = node.scale_shift()
+        if like.dim() == 2 and scale.dim() == 3:  # BatchNorm1d-style input
+            scale, shift = scale.flatten(), shift.flatten()
+        return scale, shift
+
+    def forward_linear(self, node, flat):
+        return flat * self._scale_shift(node, flat)[0]
+
+    def float_error(self, node, E, M, rounding):
+        sc, t = self._scale_shift(node, E[0])
+        redo = rounding.f32 or (self.reexpressed_constants and not rounding.exact)
+        return E[0] * sc.abs() + (rounding.gamma_f32(4) if redo else 0.0) * ((M[0] + E[0]) * sc.abs() + t.abs())
 
     def interval(self, node, mid, rad):
         scale, shift = node.scale_shift()
@@ -227,7 +296,17 @@ class ElementwiseAffineRule(AffineRule):
         return [A_in], bias
 
 
+class NormalizeRule(ElementwiseAffineRule):
+    reexpressed_constants = True
+
+
 class AddRule(Rule):
+    needs_bounds, relu, parallel_lines, forward_form = False, False, True, "add"
+    tight_on_box = box_preserving = cell_moving = False  # two inputs: a sum of correlated terms
+
+    def float_error(self, node, E, M, rounding):
+        return E[0] + E[1] + rounding.gamma(0) * (M[0] + E[0] + M[1] + E[1])
+
     def ibp(self, node, a, b):
         return a[0] + b[0], a[1] + b[1]
 
@@ -242,6 +321,12 @@ class ReLURule(Rule):
     slope chosen by ``ctx.lower_slope`` (Fast-Lin: ā; CROWN: 1[u > −l]; α-CROWN: optimised).
     A coefficient < 0 takes the upper line, ≥ 0 the lower line (tie → lower, §2.1 / §11.1.12).
     """
+
+    needs_bounds, relu, parallel_lines, forward_form = True, True, True, "relu"
+    tight_on_box = box_preserving = cell_moving = False
+
+    def float_error(self, node, E, M, rounding):
+        return E[0]  # max(x, 0) is exact and 1-Lipschitz
 
     def ibp(self, node, bounds):
         return torch.relu(bounds[0]), torch.relu(bounds[1])
@@ -264,7 +349,8 @@ class ReLURule(Rule):
             A_in = A if ctx.overwrite else torch.empty(A.shape, dtype=A.dtype, device=A.device)
             bias, extra = A.new_empty(n, s), (A.new_empty(n, s) if ctx.symmetric else None)
             per_spec = lo.shape[1] != 1
-            for rows, specs in _row_blocks(n, s, A[0, 0].numel(), _block_elems(A, RELU_BLOCK_ELEMS)):
+            for rows, specs in kernels.row_blocks(n, s, A[0, 0].numel(),
+                                                           kernels.block_elems(A, kernels.RELU_BLOCK_ELEMS)):
                 pick = (rows, specs) if per_spec else (rows,)  # α: one slope per spec; else shared
                 part, bias[rows, specs], e = self._rule(A[rows, specs], lo[pick], d[pick], b_t[rows],
                                                         ctx.symmetric, ctx.overwrite)
@@ -298,6 +384,15 @@ class MonotoneRule(Rule):
     wrong. Tighter tangent/chord relaxations are future work.
     """
 
+    needs_bounds, relu, parallel_lines, forward_form = True, False, False, ""
+    tight_on_box = box_preserving = cell_moving = False
+    #: Lipschitz constant, for the float error model: the input error passes through scaled by it, and the
+    #: float32 library function adds its own error (≤ 2^-18 + 2^-20 absolute on these bounded outputs).
+    lipschitz = None
+
+    def float_error(self, node, E, M, rounding):
+        return self.lipschitz * E[0] + ((2.0 ** -18 + 2.0 ** -20) if rounding.f32 else 0.0)
+
     def ibp(self, node, bounds):
         return node(bounds[0]), node(bounds[1])
 
@@ -311,6 +406,12 @@ class MonotoneRule(Rule):
 class MaxPoolRule(Rule):
     """max over a window: lower line = the input with the largest lower bound (max ≥ any member),
     upper line = the constant max of the upper bounds. Both sound; the interval rule is exact."""
+
+    needs_bounds, relu, parallel_lines, forward_form = True, False, False, ""
+    tight_on_box = box_preserving = cell_moving = False
+
+    def float_error(self, node, E, M, rounding):
+        return node(E[0])  # max is exact and 1-Lipschitz per window
 
     def ibp(self, node, bounds):
         return node(bounds[0]), node(bounds[1])
@@ -330,11 +431,19 @@ class MaxPoolRule(Rule):
         return [A_in.reshape(n, s, c, h, w)], bias
 
 
+class SigmoidRule(MonotoneRule):
+    lipschitz = 0.25
+
+
+class TanhRule(MonotoneRule):
+    lipschitz = 1.0
+
+
 RULES = {
     N.Linear: LinearRule(), N.Conv2d: Conv2dRule(), N.Reshape: ReshapeRule(), N.Flatten: ReshapeRule(),
     N.Transpose: TransposeRule(), N.Pad: PadRule(), N.AvgPool2d: AvgPoolRule(),
-    N.Normalize: ElementwiseAffineRule(), N.BatchNorm: ElementwiseAffineRule(), N.Add: AddRule(),
-    N.ReLU: ReLURule(), N.Sigmoid: MonotoneRule(), N.Tanh: MonotoneRule(), N.MaxPool2d: MaxPoolRule(),
+    N.Normalize: NormalizeRule(), N.BatchNorm: ElementwiseAffineRule(), N.Add: AddRule(),
+    N.ReLU: ReLURule(), N.Sigmoid: SigmoidRule(), N.Tanh: TanhRule(), N.MaxPool2d: MaxPoolRule(),
 }
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from toolkit.ir import INPUT
-from toolkit.ir import nodes as N
+
+from .ops import rule_for
 
 
 @dataclass
@@ -103,11 +104,12 @@ def relaxed_forward(graph, result: BoundResult) -> dict:
     for key in graph.order:
         node = graph.nodes[key]
         args = [values[k] for k in graph.edges[key]]
-        if isinstance(node, N.ReLU):
+        rule = rule_for(node)
+        if rule.relu:
             lay = result.layers[key]
             xin = args[0].reshape(n, s, *args[0].shape[1:])
             values[key] = (lay.slope() * xin + lay.intercept()).reshape(args[0].shape)
-        elif isinstance(node, (N.Sigmoid, N.Tanh, N.MaxPool2d)):
+        elif rule.needs_bounds:
             raise ValueError(f"relaxed_forward supports ReLU networks only (node {node.onnx_name})")
         else:
             values[key] = node(*args)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from toolkit.bounds import compute_bounds
 from toolkit.errors import BadInputError, UnsupportedOpError
-from toolkit.ir import nodes as N
+from toolkit.bounds.ops import rule_for
 from toolkit.spec import InputSet, margin_spec
 
 from .loss import robust_ce
@@ -100,7 +100,8 @@ class _BaseLoss:
         """Raise before training if the method cannot handle the graph (d/r need a ReLU network)."""
         if self.reg.active:
             for key, node, _ in graph:
-                if isinstance(node, (N.Sigmoid, N.Tanh, N.MaxPool2d)):
+                rule = rule_for(node)
+                if rule.needs_bounds and not rule.relu:  # d and r are defined on ReLU lines (§5, §6)
                     raise UnsupportedOpError(node.op, node.onnx_name, supported=["ReLU"],
                                              method=f"{self.name} with regularizers d/r")
 

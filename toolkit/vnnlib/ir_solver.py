@@ -106,14 +106,6 @@ def build_groups(q) -> list:
 # ---------------------------------------------------------------------------------------------------------
 # float32 rounding error of the model's evaluation (module docstring)
 # ---------------------------------------------------------------------------------------------------------
-U64 = 2.0 ** -53
-
-
-def _gamma(n, u=U32):
-    k = (n + 2) * u
-    return k / (1 - k)
-
-
 def float_error(graph, vals: dict, mode: str = "float32", exact=(), rescaled=False):
     """Per-element bound (N, *out) on |model output in the query's semantics - real IR output|.
 
@@ -127,56 +119,17 @@ def float_error(graph, vals: dict, mode: str = "float32", exact=(), rescaled=Fal
     ``exact`` are treated as exact (the caller accounts for them otherwise, e.g. an input Normalize by
     widening the input box). float64 rounding of the bound computation itself is covered by ``SLACK``."""
     import torch
-    import torch.nn.functional as F
 
+    from toolkit.bounds.ops import Rounding, rule_for
     from toolkit.ir import INPUT
-    from toolkit.ir import nodes as N
 
     f32 = mode == "float32"
     mag = {k: torch.maximum(l.abs(), u.abs()) for k, (l, u) in vals.items()}
     err = {INPUT: torch.zeros_like(mag[INPUT])}
-    for key, node, ins in graph:
-        E = [err[k] for k in ins]
-        M = [mag[k] for k in ins]
-        folded = "+" in node.onnx_name and key not in exact
-        g = (lambda n: _gamma(n)) if f32 else (lambda n: 0.0)
-        if isinstance(node, N.Linear):
-            W, b = node.weight.abs(), node.bias.abs()
-            e = F.linear(E[0], W) + g(W.shape[1]) * (F.linear(M[0] + E[0], W) + b)
-            if not f32 and rescaled:
-                e = e + 2 * U32 * (F.linear(M[0] + E[0], W) + b)
-            elif folded and not f32:
-                e = e + 2 * U32 * b
-        elif isinstance(node, N.Conv2d):
-            W, b = node.weight.abs(), node.bias.abs().reshape(-1, 1, 1)
-            conv = lambda t: F.conv2d(t, W, None, node.stride, node.padding, node.dilation, node.groups)
-            e = conv(E[0]) + g(W.shape[1] * W.shape[2] * W.shape[3]) * (conv(M[0] + E[0]) + b)
-            if folded and not f32:
-                e = e + 2 * U32 * b
-        elif isinstance(node, (N.Normalize, N.BatchNorm)):
-            sc, t = node.scale_shift()
-            if E[0].dim() == 2 and sc.dim() == 3:
-                sc, t = sc.flatten(), t.flatten()
-            redo = f32 or (isinstance(node, N.Normalize) and key not in exact)
-            e = E[0] * sc.abs() + (_gamma(4) if redo else 0.0) * ((M[0] + E[0]) * sc.abs() + t.abs())
-        elif isinstance(node, N.ReLU):
-            e = E[0]
-        elif isinstance(node, (N.MaxPool2d, N.Reshape, N.Transpose)):
-            e = node(E[0])
-        elif isinstance(node, N.Add):
-            e = E[0] + E[1] + g(0) * (M[0] + E[0] + M[1] + E[1])
-        elif isinstance(node, N.Pad):
-            e = F.pad(E[0], node.pads, mode="constant", value=0.0)
-        elif isinstance(node, N.AvgPool2d):
-            k = node.kernel_size[0] * node.kernel_size[1]
-            e = node(E[0]) + g(k + 1) * node(M[0] + E[0])
-        elif isinstance(node, N.Sigmoid):
-            e = 0.25 * E[0] + ((2.0 ** -18 + 2.0 ** -20) if f32 else 0.0)
-        elif isinstance(node, N.Tanh):
-            e = E[0] + ((2.0 ** -18 + 2.0 ** -20) if f32 else 0.0)
-        else:
-            e = torch.full_like(mag[key], math.inf)
-        err[key] = e
+    for key, node, ins in graph:  # each op's rounding model lives in its rule (toolkit/bounds/ops.py)
+        rounding = Rounding(f32, folded="+" in node.onnx_name and key not in exact, rescaled=rescaled,
+                            exact=key in exact)
+        err[key] = rule_for(node).float_error(node, [err[k] for k in ins], [mag[k] for k in ins], rounding)
     return err[graph.output]
 
 
