@@ -1,11 +1,13 @@
 """The bound engine (imports nothing of train, certify, report or cli).
 
 ``compute_bounds(graph, inp, C, method)`` → ``BoundResult`` with sound lower bounds of C·f over the input
-set and the relaxation's optimum for the regularizers. See ``engine`` for the methods.
+set and the relaxation's optimum for the regularizers. See ``engine`` for the methods; ``branching`` holds the
+bounds of split domains for branch and bound.
 """
+from .branching import beta_bounds, domain_bounds
 from .engine import METHODS, compute_bounds, intermediate_bounds, margin_lower_bound, needs_bounds
 from .ibp import ibp_bounds
 from .result import BoundResult, LayerOptimum, relaxed_forward
 
-__all__ = ["METHODS", "compute_bounds", "intermediate_bounds", "margin_lower_bound", "needs_bounds",
+__all__ = ["beta_bounds", "domain_bounds", "METHODS", "compute_bounds", "intermediate_bounds", "margin_lower_bound", "needs_bounds",
            "ibp_bounds", "BoundResult", "LayerOptimum", "relaxed_forward"]
