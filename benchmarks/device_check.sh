@@ -36,7 +36,7 @@ run)
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
         | tee -a "$OUT/device_tests.log"
     python3 -m pytest -q -p no:cacheprovider tests/test_device.py 2>&1 | tee -a "$OUT/device_tests.log"
-    python3 -m benchmarks.speed --device "$DEVICE" ${SPEED_ARGS:-} --out "$OUT/speed_$DEVICE.md" 2>&1 \
+    python3 -m benchmarks.speed --device "$DEVICE" ${SPEED_ARGS:-} --out "$OUT/speed_$DEVICE.json" 2>&1 \
         | tee "$OUT/speed_$DEVICE.log"
     ;;
 *)

@@ -1,6 +1,7 @@
-"""Speed and memory of the bound methods against a plain forward pass and convex_adversarial.
+"""Speed and memory of the bound methods against a plain forward pass, convex_adversarial and auto_LiRPA.
 
-    python -m benchmarks.speed [--batch 100] [--device cpu] [--out benchmarks/results/speed_cpu.md]
+    python -m benchmarks.speed [--batch 100] [--device cpu] [--out benchmarks/results/speed_cpu.json]
+    python -m benchmarks.speed --table-only [--out ...]      # rewrite the .md beside the .json from it
 
 One row per (net, method): seconds for one batch (rows under 2 s: the median of up to 7 warm repeats after
 the measured first call), peak extra memory (CPU: peak RSS growth of a fresh
@@ -9,6 +10,16 @@ second run; CUDA: torch.cuda.max_memory_allocated for both), the time as a ratio
 forward+backward in the same run, and the mean margin lower bound (so Fast-Lin and convex_adversarial can
 be seen to agree). Targets (issue 4): CROWN-IBP ≤ 4× forward+backward; Fast-Lin ≤ 0.8× convex_adversarial
 on the conv nets; CROWN's memory on conv within 2× its largest linear-bound tensor.
+
+auto_LiRPA rows (issue 14; ``auto_lirpa:<method>``, skipped with a one-line reason when the benchmark-only
+wheel from ``../shared/wheels`` is not installed): auto_LiRPA 0.7.1 bounds our imported IR graph itself (it
+traces the ``nn.Module``), same inputs, ε, margin specs, batch and threads, with its default ``bound_opts``
+(patches conv mode, sparse intermediate bounds with IBP). ``ibp``, ``crown-ibp``, ``crown`` ↔ its "IBP",
+"CROWN-IBP", "CROWN"; ``alpha-crown/final`` ↔ "CROWN-Optimized" with ``fix_interm_bounds`` (slopes optimised
+for the final bound, intermediate bounds CROWN's) and ``alpha-crown`` ↔ the same without it (intermediate
+layers re-bounded), both 20 iterations at our learning rate 0.1 (its default is 0.5) and its default early
+stop. auto_LiRPA has no Fast-Lin. Raw results go to the ``.json``; the ``.md`` is generated from it, with a
+side-by-side table (time, tensor peak and mean bound ratios) and one verdict line per issue-14 target.
 """
 from __future__ import annotations
 
@@ -22,9 +33,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIGHTCERT_SHARED", ROOT.parent / "shared"))
-NETS = ("mlp_2x100", "mnist_256x2", "small", "cifar_base_kw")
+NETS = ("mlp_2x100", "mnist_256x2", "small", "cifar_base_kw", "resnet_2b")
+#: our method -> auto_LiRPA's compute_bounds method and bound_opts (module docstring)
+LIRPA = {"ibp": ("IBP", {}), "crown-ibp": ("CROWN-IBP", {}), "crown": ("CROWN", {}),
+         "alpha-crown/final": ("CROWN-Optimized", {"fix_interm_bounds": True}),
+         "alpha-crown": ("CROWN-Optimized", {"fix_interm_bounds": False})}
 METHODS = ("forward", "forward+backward", "ibp", "crown-ibp", "fastlin", "crown", "alpha-crown/final",
-           "alpha-crown", "convex_adversarial")
+           "alpha-crown", "convex_adversarial") + tuple(f"auto_lirpa:{m}" for m in LIRPA)
+OUT = ROOT / "benchmarks" / "results" / "speed_cpu.json"
 
 
 def load_net(name):
@@ -50,6 +66,10 @@ def load_net(name):
         return graph, x.reshape(-1, 784, 1), y, 0.03
     if name == "mlp_2x100":
         return import_onnx(ROOT / "models/mnist_mlp_2x100.onnx"), x, y, 0.1
+    if name == "resnet_2b":  # VNN-COMP's CIFAR ResNet (residual Adds); its points file gives the images
+        p = np.load(SHARED / "models/resnet_2b/points.npz")
+        graph = import_onnx(SHARED / "models/resnet_2b/resnet_2b.onnx")
+        return graph, torch.tensor(p["x"], dtype=torch.float32), torch.tensor(p["y"]), 2 / 255
     return zoo.build(name, "mnist", seed=0), x, y, 0.1
 
 
@@ -78,6 +98,8 @@ def measure(net, method, batch, device):
             loss = torch.nn.functional.cross_entropy(graph(x), y)
             loss.backward()
             return loss
+        if method.startswith("auto_lirpa:"):
+            return lirpa_run()
         if method == "convex_adversarial":
             import convex_adversarial as ca
 
@@ -93,6 +115,8 @@ def measure(net, method, batch, device):
             return compute_bounds(graph, inp, C, name, alpha_iters=20, alpha_scope=scope or "all",
                                   optimum=False).lower.mean()
 
+    if method.startswith("auto_lirpa:"):
+        lirpa_run = _lirpa(graph, x, inp, C, method.split(":", 1)[1])
     run() if method in ("forward", "forward+backward") else None  # warm-up for the cheap ones
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -114,6 +138,29 @@ def measure(net, method, batch, device):
     tensor_peak = peak if device.startswith("cuda") else _tensor_peak(run)
     return {"seconds": seconds, "peak_bytes": max(0, peak), "tensor_peak_bytes": tensor_peak,
             "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size()}
+
+
+def _lirpa(graph, x, inp, C, method):
+    """auto_LiRPA's bound of the same spec on the same graph (built outside the timed call, like our import)."""
+    try:
+        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+    except ImportError:
+        raise SystemExit("auto_LiRPA not installed (benchmark only: pip install ../shared/wheels/auto_lirpa-*.whl)")
+    import torch
+
+    name, opts = LIRPA[method]
+    opt_args = {"iteration": 20, "lr_alpha": 0.1, **opts}
+    model = BoundedModule(graph, torch.zeros_like(x[:1]), bound_opts={"optimize_bound_args": opt_args},
+                          device=x.device)
+    bt = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), x_L=inp.lo, x_U=inp.hi))
+
+    def run():
+        if name == "CROWN-Optimized":  # autograd for its own slopes, as ours
+            return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False)[0].detach().mean()
+        with torch.no_grad():
+            return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False)[0].mean()
+
+    return run
 
 
 def _median_seconds(run, device, repeats) -> float:
@@ -151,59 +198,128 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--alpha-batch", type=int, default=10,
-                    help="samples for the alpha-crown row (all slopes; ~8 s per MNIST Small sample on 2 CPU cores); "
-                         "its ratio to forward+backward is per sample")
+                    help="samples for the alpha-crown rows (all slopes; ~8 s per MNIST Small sample on 2 CPU cores); "
+                         "their ratio to forward+backward is per sample")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
+    ap.add_argument("--out", default=str(OUT), help="raw results (.json); the .md is written beside it")
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the .md from --out")
     ap.add_argument("--one", nargs=2, metavar=("NET", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
+        from toolkit.runtime import retain_freed_memory
+
+        retain_freed_memory()  # as the CLI does, for every row alike
         print(json.dumps(measure(args.one[0], args.one[1], args.batch, args.device)))
         return 0
-    from tabulate import tabulate
+    out = Path(args.out)
+    if args.table_only:
+        data = json.loads(out.read_text())
+    else:
+        data = run_all(args)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+    text = markdown(data)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
 
-    rows = []
+
+def run_all(args) -> dict:
+    import platform
+
+    import torch
+
+    nets = {}
     for net in args.nets.split(","):
-        results = {}
+        nets[net] = {}
         for method in args.methods.split(","):
-            batch = args.alpha_batch if method == "alpha-crown" else args.batch
+            batch = args.alpha_batch if method.endswith("alpha-crown") else args.batch
             cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(batch), "--device", args.device,
                    "--one", net, method]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
-                results[method] = {"seconds": None, "note": proc.stderr.strip().splitlines()[-1][:80]}
+                r = {"seconds": None, "note": (proc.stderr.strip().splitlines() or ["failed"])[-1][:100]}
             else:
-                results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[method]["batch"] = batch
-            print(net, method, results[method], file=sys.stderr, flush=True)
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+            nets[net][method] = dict(r, batch=batch)
+            print(net, method, nets[net][method], file=sys.stderr, flush=True)
+    return {"command": f"python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
+                       f"--device {args.device}", "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "batch": args.batch,
+            "load": list(os.getloadavg()), "nets": nets}
+
+
+def _mib(v):
+    return "-" if v is None else f"{v / 2 ** 20:.0f}"
+
+
+def main_table(data: dict) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for net, results in data["nets"].items():
         fb = results.get("forward+backward", {}).get("seconds")
         for method, r in results.items():
             s = r.get("seconds")
-            per_sample = (s / r["batch"]) / (fb / args.batch) if (s is not None and fb) else None
+            per_sample = (s / r["batch"]) / (fb / data["batch"]) if (s is not None and fb) else None
             rows.append([net, method, r["batch"], f"{s:.3f}" if s is not None else "-",
-                         f"{per_sample:.1f}" if per_sample is not None else "-",
-                         f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-",
-                         f"{r['tensor_peak_bytes'] / 2**20:.0f}" if r.get("tensor_peak_bytes") is not None else "-",
-                         f"{r['max_coeff_bytes'] / 2**20:.0f}" if r.get("max_coeff_bytes") else "-",
+                         f"{per_sample:.1f}" if per_sample is not None else "-", _mib(r.get("peak_bytes")),
+                         _mib(r.get("tensor_peak_bytes")), _mib(r.get("max_coeff_bytes") or None),
                          f"{r['mean_bound']:.4f}" if r.get("mean_bound") is not None else r.get("note", "-")])
-    headers = ["net", "method", "batch", "seconds", "× fwd+bwd (per sample)", "peak RSS MiB", "peak tensors MiB",
-               "largest A MiB", "mean margin lb"]
-    table = tabulate(rows, headers, tablefmt="github")
-    print(table)
-    if args.out:
-        import platform
+    return tabulate(rows, ["net", "method", "batch", "seconds", "× fwd+bwd (per sample)", "peak RSS MiB",
+                           "peak tensors MiB", "largest A MiB", "mean margin lb"], tablefmt="github")
 
-        import torch
 
-        Path(args.out).write_text(
-            f"# Bound-method speed (batch {args.batch}, device {args.device})\n\n"
-            f"Command: `python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
-            f"--device {args.device}`  \n"
-            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores.\n\n{table}\n")
-    return 0
+def lirpa_rows(data: dict) -> list:
+    """(net, method, ours, theirs) for every pair where both ran."""
+    out = []
+    for net, results in data["nets"].items():
+        for method in LIRPA:
+            ours, theirs = results.get(method), results.get(f"auto_lirpa:{method}")
+            if ours and theirs and ours.get("seconds") and theirs.get("seconds"):
+                out.append((net, method, ours, theirs))
+    return out
+
+
+def lirpa_table(data: dict) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for net, method, a, b in lirpa_rows(data):
+        mem = (a["tensor_peak_bytes"] / b["tensor_peak_bytes"]) if b.get("tensor_peak_bytes") else None
+        rows.append([net, method, a["batch"], f"{a['seconds']:.3f}", f"{b['seconds']:.3f}",
+                     f"{a['seconds'] / b['seconds']:.2f}", f"{mem:.2f}" if mem is not None else "-",
+                     f"{a['mean_bound']:.4f}", f"{b['mean_bound']:.4f}", _verdict(a, b)])
+    return tabulate(rows, ["net", "method", "batch", "ours s", "auto_LiRPA s", "time ratio", "tensor peak ratio",
+                           "our mean lb", "its mean lb", "issue 14: ≤ 1× time and memory, bound ≥"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def _verdict(a, b) -> str:
+    misses = []
+    if a["seconds"] > b["seconds"]:
+        misses.append(f"{a['seconds'] / b['seconds']:.2f}× its time")
+    if b.get("tensor_peak_bytes") and a["tensor_peak_bytes"] > b["tensor_peak_bytes"]:
+        misses.append(f"{a['tensor_peak_bytes'] / b['tensor_peak_bytes']:.2f}× its tensor memory")
+    if a["mean_bound"] < b["mean_bound"] - 1e-6 * (1 + abs(b["mean_bound"])):
+        misses.append(f"looser by {b['mean_bound'] - a['mean_bound']:.4g}")
+    return "met" if not misses else "missed: " + ", ".join(misses)
+
+
+def markdown(data: dict) -> str:
+    load = data.get("load")
+    head = [f"# Bound-method speed (batch {data['batch']})", "", f"Command: `{data['command']}`  ",
+            f"torch {data['torch']}, {data['cpu']}, {data['cores']} cores"
+            + (f", load average {load[0]:.1f} at the end" if load else "") + ".", "",
+            "One fresh subprocess per row; rows under 2 s are the median of warm repeats. \"peak RSS\" is the "
+            "process's resident-set growth; \"peak tensors\" the largest total of live tensor bytes seen by the "
+            "torch profiler in a second run; \"largest A\" the biggest linear-bound coefficient tensor. The "
+            "`alpha-crown` rows run on the alpha batch only: their ratio is per sample. Raw results: the `.json` "
+            "beside this file.", "", main_table(data), ""]
+    if lirpa_rows(data):
+        head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), ""]
+    return "\n".join(head)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,22 @@ def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
     shutil.copy(src, tmp_path / "t.json")
     assert train_epoch.main(["--table-only", "--out", str(tmp_path / "t.json")]) == 0
     assert (tmp_path / "t.md").read_text() == src.with_suffix(".md").read_text()
+
+
+def test_speed_side_by_side_verdicts():
+    """benchmarks.speed's auto_LiRPA table: a row is met only at ≤ 1× its time and tensor memory and a mean bound
+    at least as tight; each miss is named with its size."""
+    from benchmarks import speed
+
+    row = lambda s, mem, lb, batch=100: {"seconds": s, "tensor_peak_bytes": mem, "mean_bound": lb,  # noqa: E731
+                                         "batch": batch, "peak_bytes": mem, "max_coeff_bytes": 0}
+    data = {"command": "c", "torch": "t", "cpu": "x", "cores": 2, "batch": 100, "load": [0.5, 0.5],
+            "nets": {"n": {"forward+backward": row(0.01, 1, 0.0), "crown": row(1.0, 100, -1.0),
+                           "auto_lirpa:crown": row(2.0, 200, -1.0), "ibp": row(0.5, 300, -2.0),
+                           "auto_lirpa:ibp": row(0.25, 100, -1.5), "fastlin": row(1.0, 1, 0.0)}}}
+    assert [(net, m) for net, m, _, _ in speed.lirpa_rows(data)] == [("n", "ibp"), ("n", "crown")]
+    side = speed.markdown(data).split("## Side by side with auto_LiRPA")[1].splitlines()
+    crown = next(line for line in side if line.startswith("| n ") and "| crown " in line)
+    ibp = next(line for line in side if line.startswith("| n ") and "| ibp " in line)
+    assert crown.rstrip(" |").endswith("met") and "0.50" in crown
+    assert "missed: 2.00× its time, 3.00× its tensor memory, looser by 0.5" in ibp
