@@ -59,6 +59,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.errors import BadDataError, BadInputError
+from toolkit.fileio import OutputBusyError, OutputLock, check_not_busy
 
 FORMAT, FORMAT_VERSION = "tightcert-report", 1
 PARTIAL_SUFFIX = ".partial"
@@ -132,6 +133,10 @@ def check_out(out, runs: dict) -> None:
         raise BadInputError(f"cannot write --out {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"cannot write --out {out}: folder {parent} is not writable")
+    try:  # a report another process is writing is neither read nor touched (its .partial is not ours)
+        check_not_busy(out)
+    except OutputBusyError as e:
+        raise BadInputError(str(e)) from None
     part = partial_path(out)
     for existing in (part, out):
         if existing.exists():
@@ -165,6 +170,12 @@ class ReportWriter:
     def __init__(self, out):
         h5py = _h5py()
         self.out, self.partial = Path(out), partial_path(out)
+        try:  # one writer per report: a second process refuses before it touches OUT or OUT.partial
+            self.lock = OutputLock(self.out).acquire()
+        except OutputBusyError as e:
+            raise BadInputError(str(e)) from None
+        except OSError as e:
+            raise BadInputError(f"cannot write --out {self.out}: {e}") from None
         created = False
         try:
             if not self.partial.exists() and self.out.exists():
@@ -176,6 +187,7 @@ class ReportWriter:
         except OSError as e:
             if created and self.partial.exists():
                 self.partial.unlink()
+            self.lock.release()
             raise BadInputError(f"cannot write --out {self.out}: {e}") from None
         a = self.f.attrs
         if "format" not in a:
@@ -212,13 +224,16 @@ class ReportWriter:
 
     def close(self, finished: bool) -> Path:
         """Close the file; when ``finished``, mark it and rename ``OUT.partial`` → ``OUT``."""
-        if finished:
-            self.f.attrs["finished"] = True
-        self.f.close()
-        if finished:
-            os.replace(self.partial, self.out)
-            return self.out
-        return self.partial
+        try:
+            if finished:
+                self.f.attrs["finished"] = True
+            self.f.close()
+            if finished:
+                os.replace(self.partial, self.out)
+                return self.out
+            return self.partial
+        finally:
+            self.lock.release()
 
 
 class RunWriter:
@@ -228,6 +243,12 @@ class RunWriter:
         self.g, self.methods = group, list(methods)
         self.n_done = int(group.attrs["n_done"])
         if resume:  # rows past n_done belong to a batch that was cut off: drop them
+            try:
+                datasets = list(self._datasets())
+            except KeyError as e:
+                raise BadDataError(f"run {group.name.rsplit('/', 1)[-1]!r} of {group.file.filename} is damaged: "
+                                   f"{e.args[0] if e.args else 'an array'} is missing; remove the file to start over") from None
+            _check_rows(group, self.n_done, datasets)
             for ds in self._datasets():
                 ds.resize(self.n_done, axis=0)
         self.session_start = _monotonic()
@@ -280,6 +301,19 @@ class RunWriter:
         self._add_wall()
         self.g.attrs["finished"] = True
         self.g.file.flush()
+
+
+def _check_rows(group, n_done, datasets) -> None:
+    """A run is resumed only when its counter is possible and every per-sample array holds its rows: a
+    damaged ``.partial`` would otherwise pass off missing rows as results (index 0, label 0, ...)."""
+    n = int(group.attrs.get("n", -1))
+    where = f"run {group.name.rsplit('/', 1)[-1]!r} of {group.file.filename}"
+    if not 0 <= n_done <= n:
+        raise BadDataError(f"{where} is damaged: n_done = {n_done} outside 0..{n}; remove the file to start over")
+    short = [ds.name.split("/", 3)[-1] for ds in datasets if ds.shape[0] < n_done]
+    if short:
+        raise BadDataError(f"{where} is damaged: {', '.join(short)} hold fewer than n_done = {n_done} rows; "
+                           "remove the file to start over")
 
 
 def _monotonic():

@@ -37,7 +37,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.fileio import atomic_path
+from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
 
 from .methods import METHODS, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
@@ -215,11 +215,16 @@ def _validate(cfg: TrainConfig) -> None:
     cfg.eval_methods = order_methods(cfg.eval_methods or DEFAULT_EVAL[cfg.method])
     cfg.lr_milestones = tuple(int(m) for m in cfg.lr_milestones)
     _schedules(cfg, steps_per_epoch=1)  # value checks of the schedule settings
+    try:  # an output another process is training into: say so, not "holds a checkpoint of an earlier run"
+        check_not_busy(_paths(cfg, check_ckpt=False)[0])
+    except OutputBusyError as e:
+        raise BadInputError(str(e)) from None
     _paths(cfg)
 
 
-def _paths(cfg: TrainConfig):
-    """(onnx path, report path, checkpoint folder); the folders must exist and be writable."""
+def _paths(cfg: TrainConfig, check_ckpt: bool = True):
+    """(onnx path, report path, checkpoint folder); the folders must exist and be writable, and (with
+    ``check_ckpt``) the checkpoint folder must agree with ``resume``."""
     out = Path(cfg.out)
     if out.is_dir():
         raise BadInputError(f"--out {out} is a folder; give a file name such as model.onnx")
@@ -236,6 +241,8 @@ def _paths(cfg: TrainConfig):
         raise BadInputError("--report must differ from --out")
     if ckpt.exists() and not ckpt.is_dir():
         raise BadInputError(f"checkpoint folder {ckpt} exists and is not a folder")
+    if not check_ckpt:
+        return out, report, ckpt
     has_ckpt = (ckpt / CKPT_NAME).is_file()
     if cfg.resume and not has_ckpt:
         raise BadInputError(f"--resume: no checkpoint {ckpt / CKPT_NAME} to resume from")
@@ -330,14 +337,29 @@ def _preflight(graph, loss_fn, cfg, x, y):
 # -- the run -----------------------------------------------------------------------------------------------------
 
 def _run(build, cfg: TrainConfig, base: dict, callbacks=()) -> TrainOutcome:
-    from toolkit.certify import certify
-
     from .distributed import DistContext
 
-    onnx_path, report_path, ckpt = _paths(cfg)
     # Under torchrun: one process per rank (DDP); rank 0 alone writes files and evaluates (distributed.py).
     ctx = DistContext.from_env(cfg.device)
     cfg.device = ctx.device
+    lock = OutputLock(_paths(cfg, check_ckpt=False)[0])
+    if ctx.is_main:  # one run per output: a second process refuses before it looks at PATH.ckpt or PATH.onnx
+        try:
+            lock.acquire()
+        except OutputBusyError as e:
+            raise BadInputError(str(e)) from None
+        except OSError as e:
+            raise BadInputError(f"cannot write {cfg.out}: {e}") from None
+    try:
+        onnx_path, report_path, ckpt = _paths(cfg)
+        return _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, ckpt)
+    finally:
+        lock.release()
+
+
+def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, ckpt) -> TrainOutcome:
+    from toolkit.certify import certify
+
     graph = build()
     train_ds, train_name = _load(cfg, graph, "train")
     test_ds, test_name = _load(cfg, graph, "test")

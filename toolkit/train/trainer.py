@@ -51,9 +51,40 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a kill never leaves a half-written checkpoint."""
+    """torch.save to a temporary name, then rename: a kill never leaves a half-written checkpoint. The state
+    travels as one serialised blob with its SHA-256, so damage inside the file is found on resume
+    (``load_checked``) instead of training on broken weights (issue 15)."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    blob = buf.getvalue()
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save({"sha256": hashlib.sha256(blob).hexdigest(), "blob": blob}, tmp)
+
+
+def load_checked(path: Path) -> dict:
+    """A checkpoint written by ``save_atomic``, its checksum verified; checkpoints from before the checksum
+    (a plain state dict) load as they are. Raises ``BadInputError`` on a damaged or unreadable file."""
+    import hashlib
+    import io
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
+        raise BadInputError(f"--resume: checkpoint {path} is unreadable ({e})") from None
+    if isinstance(ck, dict) and "blob" in ck:
+        if hashlib.sha256(ck["blob"]).hexdigest() != ck.get("sha256"):
+            raise BadInputError(f"--resume: checkpoint {path} is corrupt (checksum mismatch); remove its folder "
+                                "to start over")
+        try:
+            ck = torch.load(io.BytesIO(ck["blob"]), map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise BadInputError(f"--resume: checkpoint {path} is unreadable ({e})") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise BadInputError(f"--resume: {path} is not a tightcert checkpoint")
+    return ck
 
 
 @dataclass
@@ -109,10 +140,7 @@ class Trainer:
         path = self.ckpt_path
         if path is None or not path.is_file():
             raise BadInputError(f"--resume: no checkpoint {path} to resume from")
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
-            raise BadInputError(f"--resume: checkpoint {path} is unreadable ({e})") from None
+        ck = load_checked(path)
         diff = [k for k in sorted(set(ck.get("config", {})) | set(self.config))
                 if ck.get("config", {}).get(k) != self.config.get(k)]
         if diff:
