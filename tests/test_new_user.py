@@ -90,3 +90,35 @@ def test_second_training_into_the_same_output_refuses(tmp_path):
             train("mlp_2x100", eps=0.1, out=str(out), train_data=str(ROOT / "models" / "mnist_train_2000.npz"),
                   test_data="mnist_test_1000", train_n=8, test_n=4, epochs=1, progress=False)
     assert not (tmp_path / "m.ckpt").exists() and not out.exists()
+
+
+def test_cli_errors_are_one_line_and_empty_or_repeated_selections_are_refused(tmp_path, capsys):
+    from toolkit.cli import main
+
+    model = str(ROOT / "models" / "mnist_mlp_2x100.onnx")
+    cases = [(["certify", model, "--eps", "0.1,abc"], "not a comma-separated list"),
+             (["frobnicate"], "invalid choice"),
+             (["certify", model, "--data", "mnist_test_1000", "--eps", "0.1", "--alpha-iters", "-1"], "must be >= 0"),
+             (["certify", model, "--data", "mnist_test_1000", "--eps", "0.1", "--indices", "5:5"], "selection is empty"),
+             (["certify", model, "--data", "mnist_test_1000", "--eps", "0.1", "--indices", "3,3,3"],
+              "index 3 is selected more than once")]
+    for argv, msg in cases:
+        out = tmp_path / "r.h5"
+        try:  # argparse's errors leave through SystemExit, ours through main's return value
+            rc = main(argv + (["--out", str(out)] if argv[0] == "certify" else []))
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
+        assert not out.exists() and not partial_path(out).exists()
+
+
+def test_certify_refuses_a_model_without_one_score_per_class():
+    from toolkit.errors import BadModelError
+    from toolkit.ir import Graph, Linear, Reshape
+
+    g = Graph.sequential([Linear(torch.randn(10, 4), torch.zeros(10)), Reshape((2, 5))], (4,))
+    data = tiny_data()
+    data.x = torch.rand(len(data.y), 4)
+    with pytest.raises(BadModelError, match="no classification output"):
+        certify(g, data, eps=0.1, methods=["ibp"], progress=False)

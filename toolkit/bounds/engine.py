@@ -165,6 +165,8 @@ def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: 
     """
     if method not in METHODS:
         raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
+    if isinstance(alpha_iters, bool) or int(alpha_iters) < 0:
+        raise BadInputError(f"alpha iterations must be >= 0, got {alpha_iters}")
     if alpha_scope is not None and alpha_scope not in SCOPES:
         raise BadInputError(f"unknown alpha scope {alpha_scope!r}; choose from {', '.join(SCOPES)}")
     if C is None:

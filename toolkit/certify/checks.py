@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, BadModelError
 
 #: Cascade order, cheapest first (issue 5): a sample certified by an earlier method is not recomputed.
 COST_ORDER = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown")
@@ -63,6 +63,17 @@ def check_eps(eps_list, clip) -> list:
     if len(set(out)) != len(out):
         raise BadInputError(f"epsilon values repeat: {out}")
     return out
+
+
+def classifier_outputs(graph) -> int:
+    """The number of class scores; the model must end in one score per class (shape (K,), or K with unit
+    axes), as certification's margins and training's cross-entropy both assume."""
+    out_shape = graph.shapes()[graph.output]
+    k = math.prod(out_shape)
+    if sum(1 for s in out_shape if s != 1) > 1 or k < 2:
+        raise BadModelError(f"the model has no classification output: its output has shape {tuple(out_shape)}, "
+                            "expected one score per class")
+    return k
 
 
 def check_labels(y: torch.Tensor, index, n_classes: int) -> None:

@@ -38,8 +38,8 @@ from toolkit.report import ReportWriter, RunRecord, check_out, format_table, rea
 from toolkit.report.h5 import COLUMNS, METHOD_COLUMNS
 from toolkit.spec import InputSet, label_column_ignored, margin_spec
 
-from .checks import (check_box, check_eps, check_inside_clip, check_labels, fit_shape, order_methods,
-                     resolve_device)
+from .checks import (check_box, check_eps, check_inside_clip, check_labels, classifier_outputs, fit_shape,
+                     order_methods, resolve_device)
 
 #: A bound may exceed an attained value only by float rounding: atol + rtol·|value|.
 SOUND_ATOL, SOUND_RTOL = 1e-4, 1e-4
@@ -363,7 +363,7 @@ def _prepare_data(graph, data):
         raise BadInputError("the data contains NaN or inf")
     if lo is not None:
         check_box(lo, hi, x)
-    n_classes = graph.output_size()
+    n_classes = classifier_outputs(graph)
     y = torch.as_tensor(data.y).long().reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise BadInputError(f"{x.shape[0]} samples but {y.shape[0]} labels")

@@ -29,8 +29,16 @@ def _subcommand_modules():
     return [importlib.import_module(f"toolkit.cli.{n}") for n in names]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad option values get one line (the developers' guide: one readable line and a non-zero exit), not
+    argparse's usage block; subcommand parsers inherit this class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=NAME, description=DESCRIPTION,
+    parser = _Parser(prog=NAME, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", action="store_true", help="print the solver's name (VNN-LIB 2.0 CLI)")
     parser.add_argument("--version", action="store_true", help="print the version (VNN-LIB 2.0 CLI)")

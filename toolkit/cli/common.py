@@ -20,8 +20,21 @@ def add_seed(p):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def add_alpha(p):
-    p.add_argument("--alpha-iters", type=int, default=20, help="alpha-CROWN iterations (default: 20)")
+    p.add_argument("--alpha-iters", type=non_negative_int, default=20, help="alpha-CROWN iterations (default: 20)")
     p.add_argument("--alpha-scope", choices=("all", "final"), default="all",
                    help="alpha-CROWN slopes to optimise: 'all' also re-bounds the intermediate layers with slopes "
                         "of their own (tighter, costlier), 'final' only the final pass (default: all)")

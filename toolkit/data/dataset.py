@@ -61,6 +61,11 @@ def check_selection(n, indices):
         arr = np.asarray(indices)
         if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
             raise BadInputError(f"indices must be a 1-D list of integers, got {str(indices)[:60]}")
+        if arr.size == 0:  # e.g. 5:5: a report over no sample says nothing (as n = 0 is refused)
+            raise BadInputError("the index selection is empty; give at least one sample index")
+        values, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():  # a sample counted twice would skew every error rate
+            raise BadInputError(f"index {int(values[counts > 1][0])} is selected more than once")
 
 
 def selected_rows(total: int, n=None, indices=None, what="dataset") -> np.ndarray:

@@ -298,11 +298,9 @@ def _load(cfg: TrainConfig, graph, which: str):
 
 def _check_classifier(graph, ds, key) -> None:
     """The model must end in one score per class of the data."""
-    out_shape = graph.shapes()[graph.output]
-    k = math.prod(out_shape)
-    if sum(1 for s in out_shape if s != 1) > 1 or k < 2:
-        raise BadModelError(f"the model has no classification output: its output has shape {tuple(out_shape)}, "
-                            "expected one score per class")
+    from toolkit.certify.checks import classifier_outputs
+
+    k = classifier_outputs(graph)
     n_classes = N_CLASSES.get(key)
     if n_classes is not None and k != n_classes:
         raise BadModelError(f"the model has {k} outputs but {key} has {n_classes} classes")
