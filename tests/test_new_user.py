@@ -122,3 +122,12 @@ def test_certify_refuses_a_model_without_one_score_per_class():
     data.x = torch.rand(len(data.y), 4)
     with pytest.raises(BadModelError, match="no classification output"):
         certify(g, data, eps=0.1, methods=["ibp"], progress=False)
+
+
+def test_unwritable_stdout_is_one_line_exit_2():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "toolkit", "info", str(ROOT / "models" / "mnist_mlp_2x100.onnx")],
+                       stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert p.returncode == 2 and p.stderr.strip() == "tightcert: error: No space left on device"

@@ -73,17 +73,30 @@ def main(argv=None) -> int:
 
     retain_freed_memory()  # large bound tensors every step: no page faults per reuse (toolkit/runtime.py)
     try:
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a full disk or /dev/full shows here, not as a traceback at interpreter exit
+        return rc
     except TightcertError as e:
         if getattr(args, "debug", False):
             raise
         print(f"{NAME}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tightcert info ... | head`: the reader left; not an error of ours
+        _quiet_stdout()
+        return 0
+    except OSError as e:  # disk full, permissions, a vanished folder while writing: one line; partials are kept
+        if getattr(args, "debug", False):
+            raise
+        print(f"{NAME}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        _quiet_stdout()
+        return 2
     except KeyboardInterrupt:
         print(f"{NAME}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `tightcert info ... | head`: the reader left; not an error of ours
-        import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
+def _quiet_stdout():
+    """Point stdout at /dev/null so the interpreter's final flush of unwritable output raises nothing."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
