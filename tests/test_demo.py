@@ -1,12 +1,18 @@
 """tightcert demo (what `make demo` runs) end to end on a few samples: every step's output is written, a rerun
 starts afresh even over a stale checkpoint made with other settings, and --resume reuses finished work."""
+from pathlib import Path
+
+import h5py
+import pytest
 import torch
 
 from toolkit.cli import main
+from toolkit.data import load_dataset
 from toolkit.ir.onnx_import import import_onnx
 from toolkit.report import read_report
 
 FAST = ["--n", "16", "--pgd-steps", "2"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_every_step_and_reruns_afresh(tmp_path, capsys):
@@ -22,6 +28,17 @@ def test_demo_runs_every_step_and_reruns_afresh(tmp_path, capsys):
     assert before.finished and before.runs[0].n_done == 16
     tuned = import_onnx(out / "finetuned.onnx")
     assert tuned(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # the fine-tune changed the weights, and the printed before/after table is the one its report holds
+    original = import_onnx(ROOT / "models" / "mnist_mlp_2x100.onnx")
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), original.parameters()))
+    with h5py.File(out / "finetuned.h5", "r") as f:
+        rows = {k: f["train/before_after"][k][()] for k in ("clean_err", "pgd_err")}
+    for k, (b, a) in rows.items():
+        assert f"{b:.2f}" in text and f"{a:.2f}" in text, k
+    # the certify report's clean error is the model's own error on those samples
+    data = load_dataset("mnist_test_1000", "test", n=16)
+    err = (original(data.x.reshape(-1, 1, 28, 28)).argmax(1) != data.y).float().mean().item() * 100
+    assert before.runs[0].attrs["clean_err"] == pytest.approx(err)
     # a rerun with other settings must not trip over the earlier run's checkpoint or reports
     assert main(["demo", "--out-dir", str(out), *FAST, "--reg-d", "0.2"]) == 0
     assert "error" not in capsys.readouterr().err
