@@ -13,7 +13,7 @@ CUDA = torch.cuda.is_available()
 
 def _bounds(device, dtype=torch.float64):
     g = random_conv(seed=4, normalize=True).to(device=device, dtype=dtype)
-    x = torch.rand(3, 1, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     inp = InputSet.from_eps(x, 0.05, clip=(0.0, 1.0))
     C = margin_spec(torch.tensor([1, 2, 3]), 10, dtype=dtype).to(device)
     out = {}
@@ -27,9 +27,15 @@ def _bounds(device, dtype=torch.float64):
 
 
 def test_cpu_bounds_stay_on_cpu_in_float32_and_float64():
-    for dt in (torch.float32, torch.float64):
-        out = _bounds("cpu", dt)
-        assert all(v.dtype == dt and torch.isfinite(v).all() for v in out.values())
+    """Each dtype keeps its own, and float32 gives float64's bounds to float32 rounding: a method that
+    computed in the wrong dtype or lost precision would show here; α-CROWN ≥ CROWN holds in both."""
+    out = {dt: _bounds("cpu", dt) for dt in (torch.float32, torch.float64)}
+    for dt, bounds in out.items():
+        assert all(v.dtype == dt and torch.isfinite(v).all() for v in bounds.values())
+    for m, b64 in out[torch.float64].items():
+        assert torch.allclose(out[torch.float32][m].double(), b64, rtol=1e-4, atol=1e-4), m
+    for dt, bounds in out.items():
+        assert (bounds["alpha-crown"] >= bounds["crown"] - 1e-5).all()
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
