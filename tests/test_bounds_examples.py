@@ -203,3 +203,28 @@ def test_fastlin_forward_form_gradient_equals_backward_form(clip):
         assert any(gr.abs().max() > 0 for gr in grads[0])
         for a, b in zip(*grads):
             assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name,method", [("E", "fastlin"), ("E", "crown"), ("A", "fastlin")])
+def test_r_normalisations_and_square(name, method):
+    """``--r-norm width|layer-mean`` and ``--r-squared`` (spec U1) against a neuron-by-neuron loop over the
+    unstable neurons, anchored by the spec's unnormalised r of the example."""
+    from toolkit.train.regularizers import real_activations
+
+    g, res = bound(name, method)
+    assert reg_r(g, res).item() == pytest.approx(EXPECTED[(name, method)][2], abs=1e-9)
+    vals = real_activations(g, res)
+    want = {("none", False): 0.0, ("none", True): 0.0, ("width", False): 0.0, ("layer-mean", False): 0.0}
+    for lay in res.layers.values():
+        x = vals[lay.pre].flatten().tolist()
+        l, u = lay.l.flatten().tolist(), lay.u.flatten().tolist()
+        unstable, upper = lay.unstable.flatten().tolist(), lay.upper_line.flatten().tolist()
+        terms = [(min(abs(xi - li), abs(xi - ui)) if up else abs(xi), ui - li)
+                 for xi, li, ui, un, up in zip(x, l, u, unstable, upper) if un]
+        want["none", False] += sum(t for t, _ in terms)
+        want["none", True] += sum(t * t for t, _ in terms)
+        want["width", False] += sum(t / w for t, w in terms)
+        want["layer-mean", False] += sum(t for t, _ in terms) / max(1, len(terms))
+    for (norm, squared), value in want.items():
+        assert reg_r(g, res, norm=norm, squared=squared).item() == pytest.approx(value, abs=1e-9), (norm, squared)
+    assert want["width", False] != pytest.approx(want["none", False])  # the variants differ on these nets
