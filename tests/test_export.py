@@ -82,7 +82,7 @@ def test_prepended_normalize_is_left_out(tmp_path):
     export_onnx(g, out)
     z = _x(g)
     ref = run_onnxruntime(str(src), "x", z, batch_one=True)
-    assert np.abs(run_onnxruntime(str(out), "input", z, batch_one=False) - ref).max() <= 1e-5
+    assert np.abs(run_onnxruntime(str(out), "x", z, batch_one=False) - ref).max() <= 1e-5  # the file's own name
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["tightcert.input_mean"]) == pytest.approx(mean)
     assert json.loads(props["tightcert.input_std"]) == pytest.approx(std)

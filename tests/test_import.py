@@ -73,7 +73,7 @@ def test_shared_model_matches_onnxruntime_and_round_trips(d, tmp_path):
 
     out = tmp_path / "rt.onnx"
     export_onnx(g, out, metadata={"test": d.name})
-    assert np.abs(run_onnxruntime(str(out), "input", x, batch_one=False) - ref).max() <= 1e-5
+    assert np.abs(run_onnxruntime(str(out), g.meta["onnx_input_name"], x, batch_one=False) - ref).max() <= 1e-5
     g2 = import_onnx(out, n_check=N_CHECK)
     assert np.abs(_run(g2, x) - ours).max() <= 1e-5
     assert (g2.input_spec.shape, g2.input_spec.layout) == (g.input_spec.shape, g.input_spec.layout)
@@ -98,7 +98,7 @@ def test_shared_outside_normalisation_is_prepended(d, tmp_path):
 
     out = tmp_path / "rt.onnx"
     export_onnx(g, out)  # the prepended Normalize stays out: the file keeps the normalised input space
-    assert np.abs(run_onnxruntime(str(out), "input", x, batch_one=False) - ref).max() <= 1e-5
+    assert np.abs(run_onnxruntime(str(out), g.meta["onnx_input_name"], x, batch_one=False) - ref).max() <= 1e-5
     g2 = import_onnx(out, mean=p["mean"], std=p["std"])
     raw = _raw_pixels(p, x)
     assert np.abs(_run(g2, raw) - _run(g, raw)).max() <= 1e-5

@@ -116,6 +116,9 @@ class Flatten(Reshape):
     def __init__(self, onnx_name=""):
         super().__init__((-1,), onnx_name)
 
+    def forward(self, x):
+        return torch.flatten(x, 1)  # the same reshape; exports as one ONNX Flatten, not Shape/Gather/Reshape
+
     def describe(self):
         return ""
 

@@ -66,7 +66,9 @@ def prepended_key(graph: Graph) -> str | None:
 
 def export_onnx(graph: Graph, path, metadata: dict | None = None, opset=13, check=True, n_check=16,
                 seed=0) -> float:
-    """Write ``graph`` to ``path`` as ONNX (input "input", output "logits", dynamic batch axis).
+    """Write ``graph`` to ``path`` as ONNX with a dynamic batch axis. An imported graph keeps the original
+    file's input and output names (and its input rank and dtype), so serving code that fed the original
+    feeds the export; a graph built here gets "input" and "logits".
 
     metadata: extra key/value pairs for ``metadata_props`` (non-strings are JSON-encoded), e.g. how the
         model was trained; "producer" is set to "tightcert <version>".
@@ -83,13 +85,14 @@ def export_onnx(graph: Graph, path, metadata: dict | None = None, opset=13, chec
     g = copy.deepcopy(graph).float().cpu().eval()
     start = prepended_key(g) or INPUT
     body = _Body(g, start)
-    model = _export_model(body, g.input_spec.shape, opset)
+    names = (g.meta.get("onnx_input_name") or "input", g.meta.get("onnx_output_name") or "logits")
+    model = _export_model(body, g.input_spec.shape, opset, names)
     _name_nodes(model, g)
     _set_metadata(model, graph, metadata)
     data = model.SerializeToString()
     diff = float("nan")
     if check:
-        diff = _parity(data, g, body, start, n_check, seed)
+        diff = _parity(data, g, body, start, n_check, seed, names[0])
         if not diff <= PARITY_TOL:
             raise BadModelError(f"exported model differs from the graph by {diff:.3g} (> {PARITY_TOL:g}); "
                                 f"{path} not written")
@@ -97,22 +100,40 @@ def export_onnx(graph: Graph, path, metadata: dict | None = None, opset=13, chec
     return diff
 
 
-def _export_model(body, shape, opset):
+def _export_model(body, shape, opset, names):
     import onnx
 
+    in_name, out_name = "input", "logits"  # TorchScript renames numeric names ("0"): the file's come after
     buf = io.BytesIO()
     dummy = torch.zeros(1, *shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation notices
         try:
-            torch.onnx.export(body, dummy, buf, dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["logits"], do_constant_folding=True,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(body, dummy, buf, dynamo=False, opset_version=opset, input_names=[in_name],
+                              output_names=[out_name], do_constant_folding=True,
+                              dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}})
         except Exception as e:
             raise BadModelError(f"ONNX export failed: {' '.join(str(e).split())[:200]}") from None
     model = onnx.load_model_from_string(buf.getvalue())
+    _rename_value(model, in_name, names[0])
+    _rename_value(model, out_name, names[1])
     onnx.checker.check_model(model)
     return model
+
+
+def _rename_value(model, old: str, new: str) -> None:
+    """Rename graph input/output ``old`` to ``new`` everywhere it is read or written."""
+    if old == new:
+        return
+    taken = {v for n in model.graph.node for v in (*n.input, *n.output)} | {i.name for i in model.graph.initializer}
+    if new in taken:
+        raise BadModelError(f"cannot keep the name {new!r}: the exported graph already uses it")
+    for v in (*model.graph.input, *model.graph.output):
+        if v.name == old:
+            v.name = new
+    for n in model.graph.node:
+        n.input[:] = [new if v == old else v for v in n.input]
+        n.output[:] = [new if v == old else v for v in n.output]
 
 
 def _name_nodes(model, graph):
@@ -165,7 +186,7 @@ def _set_metadata(model, graph, metadata):
         entry.key, entry.value = k, v
 
 
-def _parity(data, graph, body, start, n_check, seed) -> float:
+def _parity(data, graph, body, start, n_check, seed, in_name) -> float:
     """onnxruntime on the serialised model (a whole batch: the batch axis is dynamic) vs the graph."""
     from .onnx_import import run_onnxruntime
 
@@ -174,7 +195,7 @@ def _parity(data, graph, body, start, n_check, seed) -> float:
     with torch.no_grad():
         z = x if start == INPUT else graph.nodes[start](x)
         ours = body(z).double().reshape(n_check, -1).numpy()
-    theirs = run_onnxruntime(data, "input", z.numpy(), batch_one=False).astype(np.float64).reshape(n_check, -1)
+    theirs = run_onnxruntime(data, in_name, z.numpy(), batch_one=False).astype(np.float64).reshape(n_check, -1)
     diff = np.abs(ours - theirs)
     return float("inf") if not np.isfinite(diff).all() else float(diff.max())
 
