@@ -199,12 +199,9 @@ def choose(profile: str, stored: dict, vals: dict) -> dict:
 
 
 def read_selection(out: Path) -> dict:
-    import h5py
+    from toolkit.report.groups import read_attrs
 
-    if not out.exists():
-        return {}
-    with h5py.File(out, "r") as f:
-        return json.loads(f["paper_mnist"].attrs["selection"]) if "paper_mnist" in f else {}
+    return ((read_attrs(out, "paper_mnist") or {}).get("selection") or {}) if out.exists() else {}
 
 
 def resolve(cell: dict, stored: dict, selection: dict, over: dict) -> bool:
@@ -243,32 +240,11 @@ def _flock(folder: Path, wait: bool = True):
         os.close(fd)
 
 
-def _copy_run(src: Path, name: str, dst: Path) -> None:
-    """Copy finished run ``name`` of report ``src`` into report ``dst``, gzip-compressed: the results file is
-    committed after every cell, and 30 runs of 10,000 samples would be ~25 MB uncompressed."""
-    import h5py
-
-    def copy(s, d):
-        d.attrs.update(s.attrs)
-        for k, v in s.items():
-            if isinstance(v, h5py.Group):
-                copy(v, d.create_group(k))
-            else:  # chunked and resizable like the writer's, so the layout stays a tightcert report
-                d.create_dataset(k, data=v[()], maxshape=(None, *v.shape[1:]), compression="gzip", shuffle=True)
-
-    with h5py.File(src, "r") as fs, h5py.File(dst, "a") as fd:
-        runs = fd.require_group("runs")
-        if name in runs:
-            del runs[name]
-        copy(fs["runs"][name], runs.create_group(name))
-
-
 def _write_selection(path: Path, profile: str) -> None:
-    import h5py
+    from toolkit.report.groups import write_attrs
 
     sel = choose(profile, table1.read_cells(path), table1.cell_values(path))
-    with h5py.File(path, "a") as f:
-        f.require_group("paper_mnist").attrs["selection"] = json.dumps(sel, sort_keys=True)
+    write_attrs(path, "paper_mnist", {"selection": json.dumps(sel, sort_keys=True)})
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -281,11 +257,12 @@ def _write_text(path: Path, text: str) -> None:
 def store(cell: dict, report: Path, extra: dict, out: Path, md: Path, profile: str, after_cell) -> None:
     """Add a finished cell to the results file (module docstring: under the folder lock, copy + rename)."""
     from toolkit.fileio import atomic_path
+    from toolkit.report.groups import copy_run
 
     with _flock(out.parent):
         with atomic_path(out) as tmp:
             shutil.copyfile(out, tmp)
-            _copy_run(report, cell["run"], tmp)
+            copy_run(report, cell["run"], tmp)  # gzip: the file is committed after every cell
             table1._write_cell_attrs(tmp, cell, extra)
             if cell["stage"] == "select":
                 _write_selection(tmp, profile)

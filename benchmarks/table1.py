@@ -241,15 +241,13 @@ def _canon(v):
 def open_results(out: Path, profile: str, selected: list) -> None:
     """Create ``out`` for ``profile``, or check that an existing one comes from the same grid: the same
     profile, and every selected cell already in it made with the same settings."""
-    import h5py
-
     from toolkit.report import ReportWriter, partial_path, read_report
+    from toolkit.report.groups import read_attrs, write_attrs
 
     for path in (partial_path(out), out):
         if path.exists():
             read_report(path)  # a clear error for a file that is not a report at all
-            with h5py.File(path, "r") as f:
-                old_profile = _decode(f.attrs.get("table1_profile"))
+            old_profile = read_attrs(path).get("table1_profile")
             if old_profile is None:
                 raise _bad(f"{path} is not a table1 results file (no table1_profile attribute); use another --out")
             if old_profile != profile:
@@ -258,8 +256,7 @@ def open_results(out: Path, profile: str, selected: list) -> None:
             return
     out.parent.mkdir(parents=True, exist_ok=True)
     ReportWriter(out).close(finished=True)
-    with h5py.File(out, "a") as f:
-        f.attrs["table1_profile"] = profile
+    write_attrs(out, "/", {"table1_profile": profile})
 
 
 def _check_cells(path: Path, selected: list) -> None:
@@ -275,37 +272,15 @@ def _check_cells(path: Path, selected: list) -> None:
 
 
 def _write_cell_attrs(out: Path, cell: dict, extra: dict) -> None:
-    import h5py
+    from toolkit.report.groups import write_attrs
 
-    with h5py.File(out, "a") as f:
-        g = f.require_group("table1").require_group("cells")
-        if cell["run"] in g:
-            del g[cell["run"]]
-        c = g.create_group(cell["run"])
-        for k, v in {**cell, **extra}.items():
-            c.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+    write_attrs(out, f"table1/cells/{cell['run']}", {**cell, **extra}, replace=True)
 
 
 def read_cells(out: Path) -> dict:
-    import h5py
+    from toolkit.report.groups import read_children_attrs
 
-    with h5py.File(out, "r") as f:
-        if "table1/cells" not in f:
-            return {}
-        return {name: {k: _decode(v) for k, v in g.attrs.items()} for name, g in f["table1/cells"].items()}
-
-
-def _decode(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str):
-        if v[:1] in ("{", "[") or v == "null":
-            try:
-                return json.loads(v)
-            except ValueError:
-                return v
-        return v
-    return v.item() if hasattr(v, "item") else v
+    return read_children_attrs(out, "table1/cells")
 
 
 # -- running one cell ------------------------------------------------------------------------------------------
@@ -342,13 +317,9 @@ def train_cell(cell: dict, work: Path, args, prof: dict) -> tuple:
 
 def _train_time(report: Path):
     """Seconds of training (sum of the epochs, without the train API's own evaluations) from its report."""
-    import h5py
+    from toolkit.report.groups import train_time
 
-    try:
-        with h5py.File(report, "r") as f:
-            return float(f["train"].attrs["train_time_s"])
-    except (OSError, KeyError):
-        return None
+    return train_time(report)
 
 
 def evaluate_cell(cell: dict, onnx: Path, test_ds, out: Path, args, prof: dict, split: str = "test"):

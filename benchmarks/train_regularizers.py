@@ -91,16 +91,13 @@ def run(name, out_dir: Path) -> int:
 
 
 def _read(path: Path):
-    import h5py
-    import numpy as np
+    from toolkit.report.groups import read_train_group
 
-    with h5py.File(path, "r") as f:
-        ba = f["train/before_after"]
-        row = lambda i: {"clean": float(ba["clean_err"][i]), "pgd": float(ba["pgd_err"][i]),
-                         **{m: float(ba["certified_err"][m][i]) for m in ba["certified_err"]}, "n": int(ba["n"][i])}
-        ep = {k: np.asarray(v) for k, v in f["train/epochs"].items()}
-        attrs = dict(f["train"].attrs)
-        return row(0), row(1), ep, attrs
+    attrs, ep, ba = read_train_group(path)
+    row = lambda i: {"clean": ba["clean_err"][i], "pgd": ba["pgd_err"][i],  # noqa: E731
+                     **{k.split("/", 1)[1]: v[i] for k, v in ba.items() if k.startswith("certified_err/")},
+                     "n": int(ba["n"][i])}
+    return row(0), row(1), ep, attrs
 
 
 def test_d_r(onnx_path: Path, method: str, eps: float, n: int = 1000) -> tuple:

@@ -1,4 +1,5 @@
-"""Reports: the HDF5 layout (``h5``), tables (``tables``) and plots (``plots``).
+"""Reports: the HDF5 layout (``h5``: runs; ``groups``: settings groups, /train, run copies), tables
+(``tables``) and plots (``plots``). The only package that opens HDF5 files.
 
 Reads files and plain arrays only; never imports the bound engine or the trainer (architecture.md).
 The layout is documented in ``toolkit.report.h5``.

@@ -460,26 +460,15 @@ def _provenance(cfg, base, train_name, n_train, summary) -> dict:
 
 
 def _write_train_group(path, cfg, base, history, summary, train_time, n_train, run_names) -> None:
-    import h5py
+    from toolkit.report.groups import write_train_group
 
-    with h5py.File(path, "a") as f:
-        if "train" in f:
-            del f["train"]
-        g = f.create_group("train")
-        g.attrs.update({"command": base["command"], "model": base["model"],
-                        "model_sha256": str(base.get("model_sha256", "")), "method": cfg.method,
-                        "config": json.dumps(cfg.result_settings()), "eval_eps": float(cfg.eval_eps),
-                        "eval_methods": json.dumps(list(cfg.eval_methods)), "n_train": int(n_train),
-                        "runs": json.dumps(run_names), "tightcert_version": __version__,
-                        "torch_version": str(torch.__version__), "train_time_s": float(train_time),
-                        "finished_at": datetime.datetime.now().isoformat(timespec="seconds")})
-        ep = g.create_group("epochs")
-        for m in EPOCH_METRICS:
-            ep.create_dataset(m, data=np.asarray([h[m] for h in history], dtype=np.float64))
-        ba = g.create_group("before_after")
-        ba.attrs["rows"] = json.dumps(["before", "after"])
-        for c in summary["before"]:
-            ba.create_dataset(c, data=np.asarray([summary["before"][c], summary["after"][c]], dtype=np.float64))
+    attrs = {"command": base["command"], "model": base["model"], "model_sha256": str(base.get("model_sha256", "")),
+             "method": cfg.method, "config": json.dumps(cfg.result_settings()), "eval_eps": float(cfg.eval_eps),
+             "eval_methods": json.dumps(list(cfg.eval_methods)), "n_train": int(n_train),
+             "runs": json.dumps(run_names), "tightcert_version": __version__, "torch_version": str(torch.__version__),
+             "train_time_s": float(train_time), "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}
+    write_train_group(path, attrs, {m: [h[m] for h in history] for m in EPOCH_METRICS},
+                      {c: (summary["before"][c], summary["after"][c]) for c in summary["before"]})
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
