@@ -39,6 +39,13 @@ def test_demo_runs_every_step_and_reruns_afresh(tmp_path, capsys):
     data = load_dataset("mnist_test_1000", "test", n=16)
     err = (original(data.x.reshape(-1, 1, 28, 28)).argmax(1) != data.y).float().mean().item() * 100
     assert before.runs[0].attrs["clean_err"] == pytest.approx(err)
+    # tightcert plot on the fine-tune report: training curves and the before/after chart (one ε: no ε plot)
+    assert main(["plot", str(out / "finetuned.h5"), "--out-dir", str(tmp_path / "plots")]) == 0
+    pngs = {p.name: p for p in (tmp_path / "plots").iterdir()}
+    assert {"training_curves.png", "before_after.png"} <= set(pngs) and "accuracy_vs_eps.png" not in pngs
+    for p in pngs.values():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    capsys.readouterr()
     # a rerun with other settings must not trip over the earlier run's checkpoint or reports
     assert main(["demo", "--out-dir", str(out), *FAST, "--reg-d", "0.2"]) == 0
     assert "error" not in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""PNG plots from a report alone: accuracy against ε for a sweep, histograms of margin lower bounds."""
+"""PNG plots from a report alone: accuracy against ε for a sweep (two or more ε), histograms of margin lower
+bounds, and for a train/finetune report its training curves and a before/after bar chart."""
 from __future__ import annotations
 
 import re
@@ -40,7 +41,7 @@ def worst_margin_lb(run: RunRecord, method: str) -> np.ndarray:
 def plot_accuracy_vs_eps(runs, path: Path) -> Path | None:
     """Clean / PGD / certified accuracy (%) against ε, one line per model and method (ε-ball runs)."""
     sweep = [r for r in runs if r.attrs.get("input_set", "eps-ball") == "eps-ball"]
-    if not sweep:
+    if len({float(r.attrs["eps"]) for r in sweep}) < 2:  # one ε is one point per line: the tables say it better
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -90,7 +91,68 @@ def plot_margin_histogram(run: RunRecord, path: Path) -> Path:
     return path
 
 
-def plot_report(report: Report, out_dir) -> list:
+#: (metric, label) of the training curves' panels (the /train/epochs series, toolkit.train.trainer)
+LOSS_CURVES = (("loss", "total loss"), ("ce", "robust CE"), ("d", "Σ_t d_t"), ("r", "Σ_t r_t"))
+ERROR_CURVES = (("robust_err", "robust error (training bound)"), ("clean_err", "clean error"))
+
+
+def plot_training(epochs: dict, path: Path, title: str = "") -> Path:
+    """Per-epoch training curves: losses and regularizers (log scale) above, robust and clean error below,
+    each with ε (and β where it varies) on a second axis."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 6.4), sharex=True)
+    x = np.arange(1, len(epochs["loss"]) + 1)
+    for ax, curves, log in ((top, LOSS_CURVES, True), (bottom, ERROR_CURVES, False)):
+        for key, label in curves:
+            v = np.asarray(epochs.get(key, []), float)
+            if v.size and np.isfinite(v).any():
+                ax.plot(x, v * (100 if not log else 1), marker=".", label=label)
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylabel("value" if log else "% of training samples")
+        twin = ax.twinx()
+        twin.plot(x, epochs["eps"], "k:", label="ε")
+        beta = np.asarray(epochs.get("beta", []), float)
+        if beta.size and np.isfinite(beta).all() and np.ptp(beta) > 0:
+            twin.plot(x, beta, "c:", label="β")
+        twin.set_ylabel("ε / β")
+        lines = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    bottom.set_xlabel("epoch")
+    top.set_title(title or "training curves", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_before_after(before_after: dict, path: Path, title: str = "") -> Path:
+    """Bars of clean, PGD and certified error (%) before and after training."""
+    plt = _pyplot()
+    cols = ["clean_err", "pgd_err"] + sorted(k for k in before_after if k.startswith("certified_err/"))
+    labels = [c.replace("_err", "").replace("certified/", "certified\n") for c in cols]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    pos = np.arange(len(cols))
+    for i, (name, shift) in enumerate((("before", -0.2), ("after", 0.2))):
+        vals = [before_after[c][i] for c in cols]
+        bars = ax.bar(pos + shift, vals, width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(pos, labels, fontsize=8)
+    ax.set_ylabel("error %")
+    ax.set_ylim(0, 105)
+    ax.legend()
+    ax.set_title(title or "before / after training", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_report(report: Report, out_dir, train: tuple | None = None) -> list:
+    """Write all plots of ``report`` into ``out_dir`` (``train``: the report's /train group as read by
+    ``groups.read_train_group``, when it has one); return the PNG paths."""
     """Write all plots of ``report`` into ``out_dir``; return the PNG paths."""
     out_dir = Path(out_dir)
     try:
@@ -104,4 +166,11 @@ def plot_report(report: Report, out_dir) -> list:
     for run in report.runs:
         if run.methods:
             paths.append(plot_margin_histogram(run, out_dir / f"margin_lb_{_safe(run.name)}.png"))
+    if train is not None:
+        attrs, epochs, before_after = train
+        title = f"{attrs.get('command', 'train')} {attrs.get('model', '')}, method {attrs.get('method', '')}"
+        if len(epochs.get("loss", [])):
+            paths.append(plot_training(epochs, out_dir / "training_curves.png", title))
+        if before_after:
+            paths.append(plot_before_after(before_after, out_dir / "before_after.png", title))
     return paths
