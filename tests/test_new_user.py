@@ -131,3 +131,18 @@ def test_unwritable_stdout_is_one_line_exit_2():
     p = subprocess.run([sys.executable, "-m", "toolkit", "info", str(ROOT / "models" / "mnist_mlp_2x100.onnx")],
                        stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert p.returncode == 2 and p.stderr.strip() == "tightcert: error: No space left on device"
+
+
+@pytest.mark.parametrize("argv,msg", [(["--n", "0"], "--n must be a positive integer"),
+                                      (["--eps", "-1"], "--eps must be finite and >= 0"),
+                                      (["--reg-r", "nan"], "--reg-r must be finite")])
+def test_demo_refuses_bad_settings_before_writing_or_printing(argv, msg, tmp_path, capsys):
+    from toolkit.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out-dir", str(out), *argv]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and msg in cap.err and not out.exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "--out-dir", str(tmp_path / "afile")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
