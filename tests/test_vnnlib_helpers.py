@@ -77,3 +77,18 @@ def box_query(n_in, lo, hi, out_atoms, n_out=1, dtype="float32", x_shape=None, y
         lines.append(f"(assert (<= X[{idx(i, x_shape)}] {lit(hi[i])}))")
     lines.append(out_atoms)
     return "\n".join(lines) + "\n"
+
+
+def test_api_verify_answers_timed_out_by_the_hard_stop(monkeypatch):
+    """The Python API honours the timeout like the CLI: a search stuck in one long computation is answered
+    timed-out at timeout − max(0.5 s, 5 %), not when it finishes."""
+    import time
+
+    import toolkit.vnnlib as V
+    from toolkit.vnnlib import query, solver
+
+    monkeypatch.setattr(query, "load_query", lambda path, nets: object())
+    monkeypatch.setattr(solver, "decide", lambda q, deadline, seed=0, **kw: time.sleep(5))
+    t = time.monotonic()
+    assert V.verify("q.vnnlib", timeout=1.0) == ("timed-out", None)
+    assert 0.4 <= time.monotonic() - t <= 1.0

@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import sys
-import threading
 
 NAME = "verify"
 HELP = "decide a VNN-LIB query (VNN-LIB 2.0 solver interface) or a VNN-COMP instances.csv"
@@ -87,32 +86,18 @@ def run(args) -> int:
         raise BadInputError("--out goes with --instances")
     if not args.query:
         raise BadInputError("verify needs a QUERY file (or --instances CSV)")
+    from toolkit.vnnlib import verify
     from toolkit.vnnlib.budget import Deadline
+    from toolkit.vnnlib.output import answer_text, serialise
 
     # the standard's timeout counts from process start; an in-process call (tests, the Python API) from now
     deadline = Deadline.from_process_start(args.timeout) if _is_cli_process() else Deadline(args.timeout)
-    box = {}
-
-    def work():
-        try:
-            box["text"] = _solve(args, deadline)
-        except BaseException as e:  # re-raised in the main thread, where the CLI reports it
-            box["error"] = e
-
-    # The search runs in a worker thread so that one long bound computation cannot keep the answer past
-    # the timeout: at the hard stop the main thread answers timed-out whatever the worker is doing.
-    with _stdout_to_stderr():
-        worker = threading.Thread(target=work, name="tightcert-verify", daemon=True)
-        worker.start()
-        worker.join(_hard_stop(args.timeout, deadline))
-    if "error" in box:
-        raise box["error"]
-    text = box.get("text")
-    if text is None:
-        if not args.quiet:
-            print(f"tightcert: timed-out (the search was still running at the hard stop, "
-                  f"{deadline.elapsed():.2f} s)", file=sys.stderr)
-        text = "timed-out\n"
+    log = None if args.quiet else (lambda m: print(f"tightcert: {m}", file=sys.stderr))
+    with _stdout_to_stderr():  # the watchdog (hard stop before the timeout) lives in toolkit.vnnlib.verify
+        verdict, assignment = verify(args.query, args.network, args.timeout, args.seed, log, deadline)
+        if verdict == "sat" and args.serialise:
+            serialise(assignment, args.serialise)
+    text = answer_text(verdict, assignment, args.serialise if verdict == "sat" else None)
     sys.stdout.write(text)
     sys.stdout.flush()
     if _is_cli_process():  # a driver waits for the process to exit: skip the slow interpreter teardown
@@ -121,32 +106,8 @@ def run(args) -> int:
     return 0
 
 
-def _hard_stop(timeout, deadline):
-    """Seconds the main thread waits for the worker: up to timeout - max(0.5 s, 5 %) from process start."""
-    if timeout is None:
-        return None
-    import time
-
-    stop = deadline.start + timeout - max(0.5, 0.05 * timeout)
-    return max(0.0, stop - time.monotonic())
-
-
 def _is_cli_process() -> bool:
     """True when this process is ``tightcert verify ...`` itself (not a test calling ``main`` in-process)."""
     from pathlib import Path
 
     return Path(sys.argv[0]).name in ("tightcert", "__main__.py") and "verify" in sys.argv[1:4]
-
-
-def _solve(args, deadline) -> str:
-    from toolkit.vnnlib.output import answer_text, serialise
-    from toolkit.vnnlib.query import load_query
-    from toolkit.vnnlib.solver import decide
-
-    log = (lambda m: None) if args.quiet else (lambda m: print(f"tightcert: {m}", file=sys.stderr))
-    q = load_query(args.query, args.network)
-    out = decide(q, deadline, seed=args.seed, log=log)
-    log(f"{out.verdict} ({out.detail}) after {deadline.elapsed():.2f} s")
-    if out.verdict == "sat" and args.serialise:
-        serialise(out.assignment, args.serialise)
-    return answer_text(out.verdict, out.assignment, args.serialise if out.verdict == "sat" else None)

@@ -15,14 +15,49 @@ Python API: ``verify(query_path, networks, timeout)`` → (verdict, assignment o
 """
 
 
-def verify(query_path, networks=(), timeout=None, seed=0):
+def verify(query_path, networks=(), timeout=None, seed=0, log=None, deadline=None):
     """Decide one query. ``networks``: ``--network`` values (``NAME=PATH`` or a bare path for 1.0 files).
-    Returns ``(verdict, assignment)`` with verdict in sat/unsat/unknown/timed-out."""
+    Returns ``(verdict, assignment)`` with verdict in sat/unsat/unknown/timed-out.
+
+    The search runs in a worker thread and this call returns by the hard stop, timeout − max(0.5 s, 5 %)
+    after the deadline's start, with "timed-out" if the search is still running then: one long bound
+    computation cannot keep the answer past the timeout. ``deadline`` (a ``budget.Deadline``; default: from
+    now) lets the CLI count from process start; ``log`` receives progress lines."""
+    import threading
+
     from .budget import Deadline
     from .query import load_query
     from .solver import decide
 
-    deadline = Deadline(timeout)
-    q = load_query(query_path, list(networks))
-    out = decide(q, deadline, seed=seed)
-    return out.verdict, out.assignment
+    deadline = deadline or Deadline(timeout)
+    box = {}
+
+    def work():
+        try:
+            q = load_query(query_path, list(networks))
+            box["out"] = decide(q, deadline, seed=seed, **({"log": log} if log else {}))
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="tightcert-verify", daemon=True)
+    worker.start()
+    worker.join(hard_stop_seconds(timeout, deadline))
+    if "error" in box:
+        raise box["error"]
+    if "out" not in box:
+        if log:
+            log(f"timed-out (the search was still running at the hard stop, {deadline.elapsed():.2f} s)")
+        return "timed-out", None
+    if log:
+        log(f"{box['out'].verdict} ({box['out'].detail}) after {deadline.elapsed():.2f} s")
+    return box["out"].verdict, box["out"].assignment
+
+
+def hard_stop_seconds(timeout, deadline):
+    """Seconds to wait for the search: up to timeout − max(0.5 s, 5 %) from the deadline's start."""
+    if timeout is None:
+        return None
+    import time
+
+    stop = deadline.start + timeout - max(0.5, 0.05 * timeout)
+    return max(0.0, stop - time.monotonic())
