@@ -24,7 +24,9 @@ epoch: --resume continues a killed run with the same result as an uninterrupted 
 
 def add_training_arguments(p, finetune: bool = False):
     m = p.add_argument_group("method")
-    m.add_argument("--method", default="cp", choices=("cp", "crown-ibp", "ibp"), help="certified loss (default: cp)")
+    m.add_argument("--method", default="cp", choices=("cp", "crown-ibp", "ibp", "mtl-ibp", "sabr"),
+                   help="certified loss (default: cp); mtl-ibp (De Palma et al. 2024) and sabr (Müller et al. "
+                        "2023) mix in an adversarial point found by PGD")
     m.add_argument("--reg-d", type=float, default=0.0, metavar="LAMBDA", help="weight of regularizer d (default: 0)")
     m.add_argument("--reg-r", type=float, default=0.0, metavar="GAMMA", help="weight of regularizer r (default: 0)")
     m.add_argument("--r-norm", default="none", choices=("none", "width", "layer-mean"),
@@ -43,6 +45,14 @@ def add_training_arguments(p, finetune: bool = False):
     m.add_argument("--r-coupling", default="beta-positive", choices=("beta-positive", "beta-weighted", "always"),
                    help="crown-ibp: how r meets beta (spec U7): only while the CROWN pass runs, beta > 0 "
                         "(default); weighted by beta; or always (CROWN pass kept for r)")
+    m.add_argument("--mtl-alpha", type=float, default=None,
+                   help="mtl-ibp: weight of the IBP loss against the adversarial CE (default: 0.5, the authors' "
+                        "MNIST 0.3 script)")
+    m.add_argument("--sabr-lambda", type=float, default=None,
+                   help="sabr: small-box radius as a fraction of eps (default: 0.6, the SABR/TAPS authors' MNIST "
+                        "0.3 script)")
+    m.add_argument("--attack-steps", type=int, default=None,
+                   help="mtl-ibp / sabr: PGD steps for the adversarial point (default: 1 / 8)")
     e = p.add_argument_group("epsilon")
     e.add_argument("--eps", type=float, required=True, help="training eps (l-inf, model input units)")
     e.add_argument("--eval-eps", type=float, default=None, help="eps of the before/after evaluation (default: --eps)")
@@ -106,7 +116,7 @@ def config_kwargs(args) -> dict:
         methods = [m for m in args.eval_method.replace(" ", ",").split(",") if m]
     return dict(method=args.method, lam=args.reg_d, gamma=args.reg_r, r_norm=args.r_norm, r_squared=args.r_squared,
                 aggregate=args.reg_agg, proj=args.proj, beta_final=args.beta_final, kappa_final=args.kappa_final,
-                r_coupling=args.r_coupling, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
+                r_coupling=args.r_coupling, attack_steps=args.attack_steps, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
                 eps_start=args.eps_start, warmup=args.warmup, ramp=args.ramp, eps_schedule=args.eps_schedule,
                 optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                 lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, lr_step=args.lr_step,
@@ -115,7 +125,9 @@ def config_kwargs(args) -> dict:
                 device=args.device, data_root=args.data_root, train_data=args.train_data,
                 test_data=args.test_data, train_n=args.train_n, test_n=args.test_n, eval_methods=methods,
                 pgd_steps=args.pgd_steps, eval_batch_size=args.eval_batch_size, report=args.report,
-                resume=args.resume, progress=not args.no_progress)
+                resume=args.resume, progress=not args.no_progress,
+                # unset: the defaults live in toolkit.train.methods (MTL_ALPHA, SABR_LAMBDA)
+                **{k: v for k, v in (("mtl_alpha", args.mtl_alpha), ("sabr_lambda", args.sabr_lambda)) if v is not None})
 
 
 def print_outcome(res) -> None:

@@ -39,14 +39,15 @@ from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
 
-from .methods import METHODS, make_loss
+from .methods import MTL_ALPHA, SABR_LAMBDA, METHODS, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
 from .trainer import CKPT_NAME, EPOCH_METRICS, Trainer
 
 OPTIMIZERS = ("adam", "sgd")
 #: Exact certifiers used for the before/after table unless eval_methods is given (spec §9.5: the
 #: training method's exact relaxation; CROWN-IBP models are evaluated with IBP and CROWN-IBP bounds).
-DEFAULT_EVAL = {"cp": ["fastlin"], "crown-ibp": ["ibp", "crown-ibp"], "ibp": ["ibp"]}
+DEFAULT_EVAL = {"cp": ["fastlin"], "crown-ibp": ["ibp", "crown-ibp"], "ibp": ["ibp"], "mtl-ibp": ["ibp", "crown-ibp"],
+                "sabr": ["ibp", "crown-ibp"]}
 #: Datasets whose class count is known by name.
 N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar10_exact": 10, "cifar10_jpeg": 10, "mnist_test_1000": 10}
 REPORT_NAME = "report.h5"
@@ -74,6 +75,9 @@ class TrainConfig:
     beta_final: float = 0.0
     kappa_final: float | None = None  # None: loss without the natural CE term ("robust")
     r_coupling: str = "beta-positive"
+    mtl_alpha: float = MTL_ALPHA     # mtl-ibp: weight of the IBP loss
+    sabr_lambda: float = SABR_LAMBDA  # sabr: small-box radius as a fraction of eps
+    attack_steps: int | None = None  # mtl-ibp / sabr: PGD steps for the adversarial point (default per method)
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -173,8 +177,9 @@ def _validate(cfg: TrainConfig) -> None:
         if not math.isfinite(v) or v < 0:
             flag = "--reg-d (lambda)" if name == "lam" else "--reg-r (gamma)"
             raise BadInputError(f"{flag} must be finite and >= 0, got {v}")
-    if cfg.method == "ibp" and (cfg.lam > 0 or cfg.gamma > 0):
-        make_loss("ibp", lam=cfg.lam, gamma=cfg.gamma)  # raises the "not defined for IBP" error
+    if cfg.method in ("ibp", "mtl-ibp", "sabr"):  # value checks, and "d/r not defined for pure IBP" errors
+        make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
+                  attack_steps=cfg.attack_steps)
     if cfg.proj and cfg.method != "cp":
         raise BadInputError(f"--proj applies to --method cp only (got --method {cfg.method})")
     for name in ("eps", "eps_start"):
@@ -365,7 +370,8 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     eps_s, lr_s, beta_s, kappa_s = _schedules(cfg, steps)
     loss_fn = make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, r_norm=cfg.r_norm, r_squared=cfg.r_squared,
                         aggregate=cfg.aggregate, proj=cfg.proj, seed=cfg.seed, beta=beta_s, kappa=kappa_s,
-                        r_coupling=cfg.r_coupling)
+                        r_coupling=cfg.r_coupling, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
+                        attack_steps=cfg.attack_steps)
     _preflight(graph, loss_fn, cfg, train_ds.x, train_ds.y)
 
     graph.to(cfg.device)

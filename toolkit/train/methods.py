@@ -13,6 +13,10 @@
   "always" (run the CROWN pass for r even when β = 0).
 * ``IBPLoss``: interval bounds only. IBP has no relaxation optimum (no δ*₀, no line choices), so d and r
   are not defined for it; asking for them is an error.
+* ``MTLIBPLoss`` (De Palma et al. 2024, "Expressive losses"): (1 − α)·CE at a PGD point of the ε-ball + α·the
+  IBP robust CE. ``SABRLoss`` (Müller et al. 2023): the IBP robust CE over a small box of radius λ·ε around
+  a PGD point, moved so that it lies inside the ε-ball. Both build on pure IBP, so d and r are refused as for
+  IBP: a mixture with an IBP bound has no relaxation optimum to regularise.
 
 Each loss object is called as ``loss(graph, x, y, eps, step)`` and returns ``LossParts`` (the total to
 back-propagate plus detached statistics for the progress bar and the report).
@@ -34,7 +38,12 @@ from .loss import robust_ce
 from .regularizers import R_NORMS, real_activations, reg_d, reg_r
 from .schedules import BetaSchedule, KappaSchedule
 
-METHODS = ("cp", "crown-ibp", "ibp")
+METHODS = ("cp", "crown-ibp", "ibp", "mtl-ibp", "sabr")
+#: Defaults of the adversarial-point methods, from their authors' MNIST ε = 0.3 scripts (De Palma et al.'s
+#: MTL-IBP: ibp_coef 0.5, 1 attack step; SABR/TAPS: --eps-shrinkage 0.6; CTRAIN's SABR loss: 8 PGD steps).
+#: CTBench's own MNIST 0.3 SABR script uses a shrinkage of 0.9: set --sabr-lambda per task.
+MTL_ALPHA, SABR_LAMBDA = 0.5, 0.6
+ATTACK_STEPS = {"mtl-ibp": 1, "sabr": 8}
 #: Σ_t or mean_t over the K−1 classes t ≠ y (spec U2; the paper writes Σ_t).
 AGGREGATIONS = ("sum", "mean")
 R_COUPLINGS = ("beta-positive", "beta-weighted", "always")
@@ -216,22 +225,104 @@ class CrownIBPLoss(_BaseLoss):
         return self._finish(graph, x, y, lower, total, parts, step)
 
 
+def _refuse_regularizers(reg, method):
+    reg = reg or RegConfig()
+    if reg.active:
+        raise BadInputError(f"regularizers d and r are not defined for --method {method}: its bound is pure IBP, "
+                            "which has no relaxation optimum (no optimal input perturbation or line choices); "
+                            "use --method cp or crown-ibp")
+    return reg
+
+
 class IBPLoss(_BaseLoss):
     """Interval bound propagation (Gowal et al. 2018) with the spec merged into the last layer (§3.1)."""
 
     name = "ibp"
 
     def __init__(self, reg=None, kappa=None):
-        reg = reg or RegConfig()
-        if reg.active:
-            raise BadInputError("regularizers d and r are not defined for --method ibp: IBP has no relaxation "
-                                "optimum (no optimal input perturbation or line choices); use --method cp or "
-                                "crown-ibp")
-        super().__init__(reg, kappa)
+        super().__init__(_refuse_regularizers(reg, "ibp"), kappa)
 
     def __call__(self, graph, x, y, eps, step):
         res = compute_bounds(graph, _input_set(graph, x, eps), None, "ibp", labels=y)
         return self._finish(graph, x, y, res.lower, 0.0, {}, step)
+
+
+class _AdversarialIBPLoss(_BaseLoss):
+    """Shared by MTL-IBP and SABR: a PGD point of the ε-ball (margin attack, seeded by (seed, step) so that a
+    resumed run draws the same starts), then IBP over a box."""
+
+    def __init__(self, reg=None, kappa=None, attack_steps: int | None = None, seed: int = 0):
+        super().__init__(_refuse_regularizers(reg, self.name), kappa)
+        steps = ATTACK_STEPS[self.name] if attack_steps is None else attack_steps
+        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+            raise BadInputError(f"--attack-steps must be an integer >= 0, got {steps}")
+        self.attack_steps, self.seed = int(steps), int(seed)
+
+    def describe(self):
+        return {**super().describe(), "attack_steps": self.attack_steps}
+
+    def _attack(self, graph, inp, y, step):
+        from toolkit.attack.pgd import pgd_attack
+
+        C = margin_spec(y, graph.output_size(), dtype=inp.lo.dtype).to(inp.lo.device)
+        seed = (self.seed * 1_000_003 + int(step)) % (2 ** 31)
+        return pgd_attack(graph, inp, C, steps=self.attack_steps, seed=seed, stop_below=None).x_adv.detach()
+
+    def _ibp_lower(self, graph, inp, y):
+        return compute_bounds(graph, inp, None, "ibp", labels=y).lower
+
+
+class MTLIBPLoss(_AdversarialIBPLoss):
+    """(1 − α)·CE(f(x_adv), y) + α·CE(−p*_IBP, y): α = 0 is adversarial training, α = 1 IBP training."""
+
+    name = "mtl-ibp"
+
+    def __init__(self, reg=None, kappa=None, alpha: float = MTL_ALPHA, attack_steps=None, seed=0):
+        super().__init__(reg, kappa, attack_steps, seed)
+        if not (math.isfinite(alpha) and 0 <= alpha <= 1):
+            raise BadInputError(f"--mtl-alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha)
+
+    def describe(self):
+        return {**super().describe(), "alpha": self.alpha}
+
+    def __call__(self, graph, x, y, eps, step):
+        inp = _input_set(graph, x, eps)
+        adv = F.cross_entropy(graph(self._attack(graph, inp, y, step)).reshape(x.shape[0], -1), y)
+        lower = self._ibp_lower(graph, inp, y)
+        ibp_ce = robust_ce(lower, y, graph.output_size())
+        mixed = (1 - self.alpha) * adv + self.alpha * ibp_ce
+        parts = self._finish(graph, x, y, lower, 0.0, {}, step)
+        loss = mixed if self.kappa is None else parts.kappa * F.cross_entropy(graph(x).reshape(len(y), -1), y) + \
+            (1 - parts.kappa) * mixed
+        return LossParts(loss=loss, ce=float(mixed.detach()), robust_err=parts.robust_err,
+                         clean_err=parts.clean_err, kappa=parts.kappa)
+
+
+class SABRLoss(_AdversarialIBPLoss):
+    """CE(−p*_IBP, y) over the box of radius τ = λ·ε centred at the PGD point moved into [x − ε + τ, x + ε − τ]
+    (so the small box lies inside the ε-ball; also clipped to the valid-input range)."""
+
+    name = "sabr"
+
+    def __init__(self, reg=None, kappa=None, lam_box: float = SABR_LAMBDA, attack_steps=None, seed=0):
+        super().__init__(reg, kappa, attack_steps, seed)
+        if not (math.isfinite(lam_box) and 0 < lam_box <= 1):
+            raise BadInputError(f"--sabr-lambda must be in (0, 1], got {lam_box}")
+        self.lam_box = float(lam_box)
+
+    def describe(self):
+        return {**super().describe(), "sabr_lambda": self.lam_box}
+
+    def small_box(self, graph, x, y, eps, step) -> InputSet:
+        inp = _input_set(graph, x, eps)
+        tau = self.lam_box * eps
+        centre = torch.minimum(torch.maximum(self._attack(graph, inp, y, step), x - eps + tau), x + eps - tau)
+        return InputSet.from_eps(centre, tau, clip=graph.input_spec.value_range)
+
+    def __call__(self, graph, x, y, eps, step):
+        lower = self._ibp_lower(graph, self.small_box(graph, x, y, eps, step), y)
+        return self._finish(graph, x, y, lower, 0.0, {}, step)
 
 
 def _step_generator(seed: int, step: int, device) -> torch.Generator:
@@ -242,13 +333,17 @@ def _step_generator(seed: int, step: int, device) -> torch.Generator:
 
 def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False, aggregate="sum", proj=0,
               seed=0, beta: BetaSchedule | None = None, kappa: KappaSchedule | None = None,
-              r_coupling="beta-positive"):
-    """The loss object for ``method`` ("cp", "crown-ibp", "ibp"); arguments as on the command line."""
+              r_coupling="beta-positive", mtl_alpha=MTL_ALPHA, sabr_lambda=SABR_LAMBDA, attack_steps=None):
+    """The loss object for ``method`` (``METHODS``); arguments as on the command line."""
     if method not in METHODS:
         raise BadInputError(f"unknown training method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "ibp":
-        return IBPLoss(RegConfig(lam, gamma, r_norm, r_squared, aggregate), kappa)
     reg = RegConfig(lam, gamma, r_norm, r_squared, aggregate)
+    if method == "ibp":
+        return IBPLoss(reg, kappa)
+    if method == "mtl-ibp":
+        return MTLIBPLoss(reg, kappa, mtl_alpha, attack_steps, seed)
+    if method == "sabr":
+        return SABRLoss(reg, kappa, sabr_lambda, attack_steps, seed)
     if method == "cp":
         return CPLoss(reg, kappa, proj=proj, seed=seed)
     if beta is None:

@@ -1,0 +1,104 @@
+"""MTL-IBP and SABR (issue 16): hand-computed losses on a tiny net, the mixture's extremes, SABR's small box
+inside the ε-ball, gradients, d/r refused, and bit-identical resume (their PGD starts are seeded by step)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from test_train import _train_kw, tiny_npz  # noqa: F401  (fixture)
+from toolkit.attack.pgd import pgd_attack
+from toolkit.errors import BadInputError
+from toolkit.ir import Graph, Linear
+from toolkit.spec import InputSet, margin_spec
+from toolkit.train import IBPLoss, MTLIBPLoss, SABRLoss, make_loss, train
+
+DT = torch.float64
+
+
+def _line():
+    """f(x) = (x, −x): class 0's margin is 2x, smallest at the ball's lower end."""
+    return Graph.sequential([Linear(torch.tensor([[1.0], [-1.0]], dtype=DT), torch.zeros(2, dtype=DT))], (1,))
+
+
+def test_sabr_and_mtl_ibp_by_hand():
+    g, x, y = _line(), torch.tensor([[0.5]], dtype=DT), torch.tensor([0])
+    # PGD finds x_adv = 0.3; SABR (λ = 0.5, τ = 0.1) moves the centre into [0.4, 0.6]: box [0.3, 0.5], whose
+    # IBP margin bound is 2·0.3 = 0.6, so the loss is log(1 + e^-0.6)
+    sabr = SABRLoss(lam_box=0.5, attack_steps=8)
+    box = sabr.small_box(g, x, y, 0.2, step=0)
+    assert box.lo.item() == pytest.approx(0.3) and box.hi.item() == pytest.approx(0.5)
+    assert sabr(g, x, y, 0.2, 0).loss.item() == pytest.approx(math.log1p(math.exp(-0.6)))
+    # MTL-IBP, α = 0.25: CE at x_adv = 0.3 (logits ±0.3) and IBP over [0.3, 0.7] (bound 0.6) are both
+    # log(1 + e^-0.6); with α = 0.25 the mixture is that value too, and it changes with x
+    mtl = MTLIBPLoss(alpha=0.25, attack_steps=8)
+    assert mtl(g, x, y, 0.2, 0).loss.item() == pytest.approx(math.log1p(math.exp(-0.6)))
+    x2 = torch.tensor([[0.1]], dtype=DT)  # ball [0, 0.3] after clipping: IBP bound 0, x_adv = 0
+    assert mtl(g, x2, y, 0.2, 0).loss.item() == pytest.approx(math.log(2.0))
+
+
+def _net_batch(seed=0):
+    from nets import random_conv
+
+    g = random_conv(seed=seed, k=10)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(6, 1, 8, 8, generator=gen, dtype=DT)
+    with torch.no_grad():
+        y = g(x).argmax(1)
+    return g, x, y
+
+
+def test_mtl_ibp_extremes_are_adversarial_training_and_ibp():
+    g, x, y = _net_batch()
+    eps, step = 0.05, 3
+    ibp = IBPLoss()(g, x, y, eps, step).loss
+    assert MTLIBPLoss(alpha=1.0)(g, x, y, eps, step).loss.item() == pytest.approx(ibp.item(), abs=1e-12)
+    loss0 = MTLIBPLoss(alpha=0.0, attack_steps=4, seed=7)
+    inp = InputSet.from_eps(x, eps, clip=g.input_spec.value_range)
+    x_adv = pgd_attack(g, inp, margin_spec(y, 10, dtype=DT), steps=4, seed=(7 * 1_000_003 + step) % 2 ** 31,
+                       stop_below=None).x_adv
+    want = torch.nn.functional.cross_entropy(g(x_adv), y)
+    assert loss0(g, x, y, eps, step).loss.item() == pytest.approx(want.item(), abs=1e-12)
+
+
+def test_sabr_box_inside_the_ball_and_full_lambda_is_ibp():
+    g, x, y = _net_batch(1)
+    eps = 0.1
+    for lam in (0.1, 0.5, 0.9):
+        box = SABRLoss(lam_box=lam).small_box(g, x, y, eps, 0)
+        ball = InputSet.from_eps(x, eps, clip=(0.0, 1.0))
+        assert (box.lo >= ball.lo - 1e-12).all() and (box.hi <= ball.hi + 1e-12).all()
+        assert ((box.hi - box.lo) <= 2 * lam * eps + 1e-12).all()
+    assert SABRLoss(lam_box=1.0)(g, x, y, eps, 0).loss.item() == pytest.approx(IBPLoss()(g, x, y, eps, 0).loss.item())
+
+
+@pytest.mark.parametrize("method", ["mtl-ibp", "sabr"])
+def test_gradients_flow_and_regularizers_are_refused(method):
+    g, x, y = _net_batch(2)
+    parts = make_loss(method)(g, x, y, 0.05, 0)
+    parts.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    for kw in ({"lam": 0.1}, {"gamma": 0.1}):
+        with pytest.raises(BadInputError, match=f"not defined for --method {method}"):
+            make_loss(method, **kw)
+
+
+@pytest.mark.parametrize("method", ["mtl-ibp", "sabr"])
+def test_resume_is_bit_identical(method, tiny_npz, tmp_path):  # noqa: F811
+    kw = dict(method=method, lam=0.0, gamma=0.0, proj=0, attack_steps=2)
+    full = train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "full.onnx", **kw))
+
+    def kill(trainer, metrics):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp_2x100", callbacks=[kill], **_train_kw(tiny_npz, out, **kw))
+    resumed = train("mlp_2x100", resume=True, **_train_kw(tiny_npz, out, **kw))
+    for (n, a), (_, b) in zip(full.graph.state_dict().items(), resumed.graph.state_dict().items()):
+        assert torch.equal(a, b), n
+    strip = lambda h: [{k: v for k, v in m.items() if k != "time_s"} for m in h]  # noqa: E731
+    assert json.dumps(strip(full.history)) == json.dumps(strip(resumed.history))
