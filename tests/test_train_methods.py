@@ -102,3 +102,50 @@ def test_resume_is_bit_identical(method, tiny_npz, tmp_path):  # noqa: F811
         assert torch.equal(a, b), n
     strip = lambda h: [{k: v for k, v in m.items() if k != "time_s"} for m in h]  # noqa: E731
     assert json.dumps(strip(full.history)) == json.dumps(strip(resumed.history))
+
+
+def test_ibp_init_scales_weights_and_halves_after_a_residual_sum():
+    from nets import random_conv
+    from toolkit import zoo
+    from toolkit.train.ibp_warmup import ibp_init
+
+    g = zoo.build("mlp_256x2", "mnist", 0)
+    last = g.nodes[[k for k, n, _ in g if hasattr(n, "weight")][-1]].weight.clone()
+    ibp_init(g, seed=1)
+    ws = [n.weight for _, n, _ in g if hasattr(n, "weight")]
+    for w in ws[:-1]:
+        want = math.sqrt(2 * math.pi) / w[0].numel()
+        assert w.std().item() == pytest.approx(want, rel=0.05)
+    assert torch.equal(ws[-1], last)  # the output layer keeps its initialisation
+    r = random_conv(seed=0, residual=True)
+    ibp_init(r, seed=1)
+    # fc1 reads relu3(add(...)) through a Flatten: half the std; conv2 reads relu1: the full std
+    fc1, conv2 = r.nodes["fc1"].weight, r.nodes["conv2"].weight
+    assert fc1.std().item() == pytest.approx(math.sqrt(2 * math.pi) / fc1[0].numel() / 2, rel=0.1)
+    assert conv2.std().item() == pytest.approx(math.sqrt(2 * math.pi) / conv2[0].numel(), rel=0.15)
+
+
+def test_warmup_regularizer_by_hand_and_its_fade():
+    """One ReLU layer with pre-activation boxes [1, 3] (active), [-3, -1] (inactive), [-1, 1] (unstable) over
+    an input box of radius 0.5: r̄ = 1, so L_tightness = relu(0.5 − 0.5/1)/0.5 = 0; centres 2, −2, 0 give
+    q_mean = (2/3)/(2/3) = 1 and q_var = 4/4 = 1: L_relu = 0. With the inactive box [-0.75, -0.25] instead
+    (centre −0.5, r̄ = 0.75): L_tightness = 0; q_mean = 2/0.5 = 4 → ρ = 1/4; the mean centre is 0.5, so
+    q_var = 1.5²/1² → ρ = 4/9: L_relu = (0.5 − 1/4)/0.5 + (0.5 − 4/9)/0.5 = 1/2 + 1/9 = 11/18."""
+    from toolkit.ir import INPUT, ReLU
+    from toolkit.train.ibp_warmup import warmup_regularizer
+
+    g = Graph.sequential([Linear(torch.eye(3, dtype=DT), torch.zeros(3, dtype=DT)), ReLU()], (3,))
+    pre = g.order[0]
+    box = (torch.full((1, 3), 0.0, dtype=DT), torch.full((1, 3), 1.0, dtype=DT))
+    ibp = {INPUT: box, pre: (torch.tensor([[1.0, -3.0, -1.0]], dtype=DT), torch.tensor([[3.0, -1.0, 1.0]], dtype=DT))}
+    assert warmup_regularizer(g, ibp).item() == pytest.approx(0.0, abs=1e-12)
+    ibp[pre] = (torch.tensor([[1.0, -0.75, -1.0]], dtype=DT), torch.tensor([[3.0, -0.25, 1.0]], dtype=DT))
+    assert warmup_regularizer(g, ibp).item() == pytest.approx(11 / 18)
+    # in a loss: weight λ·(1 − ε/ε_max), zero at the end of the ramp, and refused for CP
+    gn, x, y = _net_batch(3)
+    on = make_loss("ibp", warmup_reg=2.0, eps_max=0.1)
+    off = make_loss("ibp")
+    assert on(gn, x, y, 0.1, 0).loss.item() == pytest.approx(off(gn, x, y, 0.1, 0).loss.item())
+    assert on(gn, x, y, 0.05, 0).loss.item() > off(gn, x, y, 0.05, 0).loss.item()
+    with pytest.raises(BadInputError, match="IBP-based"):
+        make_loss("cp", warmup_reg=0.5)

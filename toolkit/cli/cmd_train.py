@@ -53,6 +53,14 @@ def add_training_arguments(p, finetune: bool = False):
                         "0.3 script)")
     m.add_argument("--attack-steps", type=int, default=None,
                    help="mtl-ibp / sabr: PGD steps for the adversarial point (default: 1 / 8)")
+    if not finetune:
+        m.add_argument("--ibp-init", action="store_true",
+                       help="Shi et al. 2021's IBP initialisation (weights N(0, 2π/fan_in²); keeps interval bounds "
+                            "from exploding with depth)")
+    m.add_argument("--warmup-reg", type=float, default=0.0, metavar="LAMBDA",
+                   help="IBP-based methods: weight of Shi et al.'s warm-up regularizers (tight, balanced ReLU "
+                        "boxes), fading to 0 at the end of the eps ramp (default: 0 = off; they used 0.5)")
+    m.add_argument("--warmup-tol", type=float, default=0.5, help="their tolerance (default: 0.5)")
     e = p.add_argument_group("epsilon")
     e.add_argument("--eps", type=float, required=True, help="training eps (l-inf, model input units)")
     e.add_argument("--eval-eps", type=float, default=None, help="eps of the before/after evaluation (default: --eps)")
@@ -116,7 +124,8 @@ def config_kwargs(args) -> dict:
         methods = [m for m in args.eval_method.replace(" ", ",").split(",") if m]
     return dict(method=args.method, lam=args.reg_d, gamma=args.reg_r, r_norm=args.r_norm, r_squared=args.r_squared,
                 aggregate=args.reg_agg, proj=args.proj, beta_final=args.beta_final, kappa_final=args.kappa_final,
-                r_coupling=args.r_coupling, attack_steps=args.attack_steps, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
+                r_coupling=args.r_coupling, attack_steps=args.attack_steps, warmup_reg=args.warmup_reg,
+                warmup_tol=args.warmup_tol, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
                 eps_start=args.eps_start, warmup=args.warmup, ramp=args.ramp, eps_schedule=args.eps_schedule,
                 optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                 lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, lr_step=args.lr_step,
@@ -127,7 +136,8 @@ def config_kwargs(args) -> dict:
                 pgd_steps=args.pgd_steps, eval_batch_size=args.eval_batch_size, report=args.report,
                 resume=args.resume, progress=not args.no_progress,
                 # unset: the defaults live in toolkit.train.methods (MTL_ALPHA, SABR_LAMBDA)
-                **{k: v for k, v in (("mtl_alpha", args.mtl_alpha), ("sabr_lambda", args.sabr_lambda)) if v is not None})
+                **{k: v for k, v in (("mtl_alpha", args.mtl_alpha), ("sabr_lambda", args.sabr_lambda),
+                                     ("ibp_init", getattr(args, "ibp_init", None))) if v is not None})
 
 
 def print_outcome(res) -> None:

@@ -39,7 +39,7 @@ from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
 
-from .methods import MTL_ALPHA, SABR_LAMBDA, METHODS, make_loss
+from .methods import MTL_ALPHA, SABR_LAMBDA, METHODS, WarmupConfig, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
 from .trainer import CKPT_NAME, EPOCH_METRICS, Trainer
 
@@ -78,6 +78,9 @@ class TrainConfig:
     mtl_alpha: float = MTL_ALPHA     # mtl-ibp: weight of the IBP loss
     sabr_lambda: float = SABR_LAMBDA  # sabr: small-box radius as a fraction of eps
     attack_steps: int | None = None  # mtl-ibp / sabr: PGD steps for the adversarial point (default per method)
+    ibp_init: bool = False           # train only: Shi et al. 2021's IBP initialisation (train.ibp_warmup)
+    warmup_reg: float = 0.0          # IBP-based methods: weight of Shi et al.'s warm-up regularizers
+    warmup_tol: float = 0.5          # their tolerance τ
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -134,7 +137,16 @@ def train(model: str, *, eps: float, out, dataset: str = "mnist", callbacks=(), 
 
     cfg = _config(eps=eps, out=out, data=dataset, **kw)
     base = {"command": "train", "model": model, "model_sha256": "", "dataset": dataset}
-    return _run(lambda: zoo.build(model, _zoo_dataset(dataset, cfg), cfg.seed), cfg, base, callbacks)
+
+    def build():
+        graph = zoo.build(model, _zoo_dataset(dataset, cfg), cfg.seed)
+        if cfg.ibp_init:
+            from .ibp_warmup import ibp_init
+
+            ibp_init(graph, cfg.seed)
+        return graph
+
+    return _run(build, cfg, base, callbacks)
 
 
 def finetune(model_path, *, eps: float, out, mean=None, std=None, callbacks=(), **kw) -> TrainOutcome:
@@ -144,6 +156,8 @@ def finetune(model_path, *, eps: float, out, mean=None, std=None, callbacks=(), 
 
     kw.setdefault("lr", 1e-4)
     kw.setdefault("epochs", 1)
+    if kw.get("ibp_init"):
+        raise BadInputError("--ibp-init re-draws the weights: it is for train (from scratch), not finetune")
     cfg = _config(eps=eps, out=out, **kw)
     path = Path(model_path)
     if not path.is_file():
@@ -180,6 +194,9 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.method in ("ibp", "mtl-ibp", "sabr"):  # value checks, and "d/r not defined for pure IBP" errors
         make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                   attack_steps=cfg.attack_steps)
+    WarmupConfig(cfg.warmup_reg, cfg.warmup_tol, cfg.eps)  # value checks
+    if cfg.warmup_reg > 0 and cfg.method == "cp":
+        make_loss("cp", warmup_reg=cfg.warmup_reg)  # raises: the warm-up regularizers read IBP bounds
     if cfg.proj and cfg.method != "cp":
         raise BadInputError(f"--proj applies to --method cp only (got --method {cfg.method})")
     for name in ("eps", "eps_start"):
@@ -371,7 +388,8 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     loss_fn = make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, r_norm=cfg.r_norm, r_squared=cfg.r_squared,
                         aggregate=cfg.aggregate, proj=cfg.proj, seed=cfg.seed, beta=beta_s, kappa=kappa_s,
                         r_coupling=cfg.r_coupling, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
-                        attack_steps=cfg.attack_steps)
+                        attack_steps=cfg.attack_steps, warmup_reg=cfg.warmup_reg, warmup_tol=cfg.warmup_tol,
+                        eps_max=cfg.eps)
     _preflight(graph, loss_fn, cfg, train_ds.x, train_ds.y)
 
     graph.to(cfg.device)

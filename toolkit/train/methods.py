@@ -98,12 +98,41 @@ class RegConfig:
         return per_sample.mean()
 
 
+@dataclass
+class WarmupConfig:
+    """Shi et al. 2021's warm-up regularizers (``ibp_warmup``): weight λ·(1 − ε/eps_max), tolerance τ."""
+
+    lam: float = 0.0
+    tol: float = 0.5
+    eps_max: float | None = None
+
+    def __post_init__(self):
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise BadInputError(f"--warmup-reg must be finite and >= 0, got {self.lam}")
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise BadInputError(f"--warmup-tol must be finite and > 0, got {self.tol}")
+
+
 class _BaseLoss:
     name = "?"
 
-    def __init__(self, reg: RegConfig | None = None, kappa: KappaSchedule | None = None):
+    def __init__(self, reg: RegConfig | None = None, kappa: KappaSchedule | None = None,
+                 warmup: WarmupConfig | None = None):
         self.reg = reg or RegConfig()
         self.kappa = kappa
+        self.warmup = warmup or WarmupConfig()
+
+    def _warmup_term(self, graph, ibp: dict, eps):
+        """λ·(1 − ε/ε_max)·(L_tightness + L_relu) on IBP bounds (0 when off or at the end of the ramp)."""
+        w = self.warmup
+        if w.lam <= 0 or not w.eps_max:
+            return 0.0
+        fade = max(0.0, 1.0 - float(eps) / w.eps_max)
+        if fade == 0.0:
+            return 0.0
+        from .ibp_warmup import warmup_regularizer
+
+        return w.lam * fade * warmup_regularizer(graph, ibp, w.tol)
 
     def check_graph(self, graph) -> None:
         """Raise before training if the method cannot handle the graph (d/r need a ReLU network)."""
@@ -197,8 +226,8 @@ class CrownIBPLoss(_BaseLoss):
 
     name = "crown-ibp"
 
-    def __init__(self, beta: BetaSchedule, reg=None, kappa=None, r_coupling: str = "beta-positive"):
-        super().__init__(reg, kappa)
+    def __init__(self, beta: BetaSchedule, reg=None, kappa=None, r_coupling: str = "beta-positive", warmup=None):
+        super().__init__(reg, kappa, warmup)
         if r_coupling not in R_COUPLINGS:
             raise BadInputError(f"unknown r/beta coupling {r_coupling!r}; choose from {', '.join(R_COUPLINGS)}")
         self.beta, self.r_coupling = beta, r_coupling
@@ -214,7 +243,7 @@ class CrownIBPLoss(_BaseLoss):
         beta = self.beta.value(step)
         C = margin_spec(y, graph.output_size(), dtype=x.dtype).to(x.device)
         ibp = compute_bounds(graph, inp, C, "ibp")
-        parts, total, lower = {"beta": beta}, 0.0, ibp.lower
+        parts, total, lower = {"beta": beta}, self._warmup_term(graph, ibp.bounds, eps), ibp.lower
         run_crown = beta >= BETA_SKIP or (self.r_coupling == "always" and self.reg.active)
         if run_crown:
             # The IBP intermediate bounds are shared with the CROWN pass (§3.2 step 1).
@@ -239,20 +268,20 @@ class IBPLoss(_BaseLoss):
 
     name = "ibp"
 
-    def __init__(self, reg=None, kappa=None):
-        super().__init__(_refuse_regularizers(reg, "ibp"), kappa)
+    def __init__(self, reg=None, kappa=None, warmup=None):
+        super().__init__(_refuse_regularizers(reg, "ibp"), kappa, warmup)
 
     def __call__(self, graph, x, y, eps, step):
         res = compute_bounds(graph, _input_set(graph, x, eps), None, "ibp", labels=y)
-        return self._finish(graph, x, y, res.lower, 0.0, {}, step)
+        return self._finish(graph, x, y, res.lower, self._warmup_term(graph, res.bounds, eps), {}, step)
 
 
 class _AdversarialIBPLoss(_BaseLoss):
     """Shared by MTL-IBP and SABR: a PGD point of the ε-ball (margin attack, seeded by (seed, step) so that a
     resumed run draws the same starts), then IBP over a box."""
 
-    def __init__(self, reg=None, kappa=None, attack_steps: int | None = None, seed: int = 0):
-        super().__init__(_refuse_regularizers(reg, self.name), kappa)
+    def __init__(self, reg=None, kappa=None, attack_steps: int | None = None, seed: int = 0, warmup=None):
+        super().__init__(_refuse_regularizers(reg, self.name), kappa, warmup)
         steps = ATTACK_STEPS[self.name] if attack_steps is None else attack_steps
         if isinstance(steps, bool) or int(steps) != steps or steps < 0:
             raise BadInputError(f"--attack-steps must be an integer >= 0, got {steps}")
@@ -268,8 +297,10 @@ class _AdversarialIBPLoss(_BaseLoss):
         seed = (self.seed * 1_000_003 + int(step)) % (2 ** 31)
         return pgd_attack(graph, inp, C, steps=self.attack_steps, seed=seed, stop_below=None).x_adv.detach()
 
-    def _ibp_lower(self, graph, inp, y):
-        return compute_bounds(graph, inp, None, "ibp", labels=y).lower
+    def _ibp(self, graph, inp, y, eps):
+        """(IBP margin lower bounds, the warm-up term on the same IBP bounds)."""
+        res = compute_bounds(graph, inp, None, "ibp", labels=y)
+        return res.lower, self._warmup_term(graph, res.bounds, eps)
 
 
 class MTLIBPLoss(_AdversarialIBPLoss):
@@ -277,8 +308,8 @@ class MTLIBPLoss(_AdversarialIBPLoss):
 
     name = "mtl-ibp"
 
-    def __init__(self, reg=None, kappa=None, alpha: float = MTL_ALPHA, attack_steps=None, seed=0):
-        super().__init__(reg, kappa, attack_steps, seed)
+    def __init__(self, reg=None, kappa=None, alpha: float = MTL_ALPHA, attack_steps=None, seed=0, warmup=None):
+        super().__init__(reg, kappa, attack_steps, seed, warmup)
         if not (math.isfinite(alpha) and 0 <= alpha <= 1):
             raise BadInputError(f"--mtl-alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
@@ -289,12 +320,13 @@ class MTLIBPLoss(_AdversarialIBPLoss):
     def __call__(self, graph, x, y, eps, step):
         inp = _input_set(graph, x, eps)
         adv = F.cross_entropy(graph(self._attack(graph, inp, y, step)).reshape(x.shape[0], -1), y)
-        lower = self._ibp_lower(graph, inp, y)
+        lower, warm = self._ibp(graph, inp, y, eps)
         ibp_ce = robust_ce(lower, y, graph.output_size())
         mixed = (1 - self.alpha) * adv + self.alpha * ibp_ce
         parts = self._finish(graph, x, y, lower, 0.0, {}, step)
         loss = mixed if self.kappa is None else parts.kappa * F.cross_entropy(graph(x).reshape(len(y), -1), y) + \
             (1 - parts.kappa) * mixed
+        loss = loss + warm
         return LossParts(loss=loss, ce=float(mixed.detach()), robust_err=parts.robust_err,
                          clean_err=parts.clean_err, kappa=parts.kappa)
 
@@ -305,8 +337,8 @@ class SABRLoss(_AdversarialIBPLoss):
 
     name = "sabr"
 
-    def __init__(self, reg=None, kappa=None, lam_box: float = SABR_LAMBDA, attack_steps=None, seed=0):
-        super().__init__(reg, kappa, attack_steps, seed)
+    def __init__(self, reg=None, kappa=None, lam_box: float = SABR_LAMBDA, attack_steps=None, seed=0, warmup=None):
+        super().__init__(reg, kappa, attack_steps, seed, warmup)
         if not (math.isfinite(lam_box) and 0 < lam_box <= 1):
             raise BadInputError(f"--sabr-lambda must be in (0, 1], got {lam_box}")
         self.lam_box = float(lam_box)
@@ -321,8 +353,8 @@ class SABRLoss(_AdversarialIBPLoss):
         return InputSet.from_eps(centre, tau, clip=graph.input_spec.value_range)
 
     def __call__(self, graph, x, y, eps, step):
-        lower = self._ibp_lower(graph, self.small_box(graph, x, y, eps, step), y)
-        return self._finish(graph, x, y, lower, 0.0, {}, step)
+        lower, warm = self._ibp(graph, self.small_box(graph, x, y, eps, step), y, eps)
+        return self._finish(graph, x, y, lower, warm, {}, step)
 
 
 def _step_generator(seed: int, step: int, device) -> torch.Generator:
@@ -333,19 +365,25 @@ def _step_generator(seed: int, step: int, device) -> torch.Generator:
 
 def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False, aggregate="sum", proj=0,
               seed=0, beta: BetaSchedule | None = None, kappa: KappaSchedule | None = None,
-              r_coupling="beta-positive", mtl_alpha=MTL_ALPHA, sabr_lambda=SABR_LAMBDA, attack_steps=None):
-    """The loss object for ``method`` (``METHODS``); arguments as on the command line."""
+              r_coupling="beta-positive", mtl_alpha=MTL_ALPHA, sabr_lambda=SABR_LAMBDA, attack_steps=None,
+              warmup_reg=0.0, warmup_tol=0.5, eps_max=None):
+    """The loss object for ``method`` (``METHODS``); arguments as on the command line (``eps_max``: the final
+    training ε, where the warm-up regularizers fade out)."""
     if method not in METHODS:
         raise BadInputError(f"unknown training method {method!r}; choose from {', '.join(METHODS)}")
     reg = RegConfig(lam, gamma, r_norm, r_squared, aggregate)
-    if method == "ibp":
-        return IBPLoss(reg, kappa)
-    if method == "mtl-ibp":
-        return MTLIBPLoss(reg, kappa, mtl_alpha, attack_steps, seed)
-    if method == "sabr":
-        return SABRLoss(reg, kappa, sabr_lambda, attack_steps, seed)
+    warmup = WarmupConfig(warmup_reg, warmup_tol, eps_max)
     if method == "cp":
+        if warmup.lam > 0:
+            raise BadInputError("--warmup-reg applies to IBP-based methods (ibp, crown-ibp, mtl-ibp, sabr): it "
+                                "reads IBP bounds, which --method cp does not compute")
         return CPLoss(reg, kappa, proj=proj, seed=seed)
+    if method == "ibp":
+        return IBPLoss(reg, kappa, warmup)
+    if method == "mtl-ibp":
+        return MTLIBPLoss(reg, kappa, mtl_alpha, attack_steps, seed, warmup)
+    if method == "sabr":
+        return SABRLoss(reg, kappa, sabr_lambda, attack_steps, seed, warmup)
     if beta is None:
         raise BadInputError("crown-ibp needs a beta schedule")
-    return CrownIBPLoss(beta, reg, kappa, r_coupling)
+    return CrownIBPLoss(beta, reg, kappa, r_coupling, warmup)
