@@ -146,3 +146,18 @@ def test_demo_refuses_bad_settings_before_writing_or_printing(argv, msg, tmp_pat
     (tmp_path / "afile").write_text("x")
     assert main(["demo", "--out-dir", str(tmp_path / "afile")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_bounds_checks_its_output_folder_before_computing(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from toolkit.bounds import api
+    from toolkit.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    calls = []
+    monkeypatch.setattr(api, "bounds_for_inputs", lambda *a, **k: calls.append(1))
+    out = tmp_path / "missing" / "b.npz"
+    rc = main(["bounds", str(ROOT / "models" / "mnist_mlp_2x100.onnx"), "--inputs", str(tmp_path / "x.npy"),
+               "--eps", "0.1", "--out", str(out)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err and calls == []

@@ -63,3 +63,23 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
     arrays = {name: torch.cat(v).cpu().numpy() for name, v in out.items()}
     arrays["labels"] = y.cpu().numpy()
     return arrays
+
+
+def check_writable(path) -> None:
+    """Raise before any computation when ``path`` cannot be written (missing or read-only folder)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BadInputError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def save_bounds(path, arrays: dict) -> None:
+    """``bounds_for_inputs``' arrays as an ``.npz`` (temporary file + rename: never half-written)."""
+    from toolkit.fileio import atomic_path
+
+    check_writable(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)

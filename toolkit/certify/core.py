@@ -34,8 +34,8 @@ from toolkit import __version__
 from toolkit.attack import pgd_attack
 from toolkit.bounds.precision import recheck_float64
 from toolkit.errors import BadInputError, SoundnessError
-from toolkit.report import ReportWriter, RunRecord, check_out, format_table, read_report, summarize
-from toolkit.report.h5 import COLUMNS, METHOD_COLUMNS
+from toolkit.report import ReportWriter, check_out, format_table, read_report, summarize
+from toolkit.report.h5 import METHOD_COLUMNS, MemoryRunWriter
 from toolkit.spec import InputSet, label_column_ignored, margin_spec
 
 from .checks import (check_box, check_eps, check_inside_clip, check_labels, classifier_outputs, fit_shape,
@@ -201,42 +201,6 @@ def certify_batch(graph, inp: InputSet, y: torch.Tensor, index, methods, n_class
 
 # -- runs ----------------------------------------------------------------------------------------------
 
-class _MemoryRun:
-    """Same interface as ``toolkit.report.RunWriter`` for ``certify(..., out=None)``."""
-
-    def __init__(self, name, settings, n_total, methods, n_classes):
-        self.name, self.methods = name, list(methods)
-        self.attrs = dict(settings, name=name, n=int(n_total), methods=list(methods), n_classes=n_classes,
-                          finished=False, n_done=0, wall_time=0.0, time_clean=0.0, time_pgd=0.0,
-                          time_bounds=np.zeros(len(methods)), n_bounds=np.zeros(len(methods), np.int64))
-        self.rows, self.mrows, self.n_done, self.finished = [], [], 0, False
-        self.start = time.monotonic()
-
-    def append(self, rows, method_rows, times):
-        self.rows.append(rows)
-        self.mrows.append(method_rows)
-        a = self.attrs
-        a["time_clean"] += times["clean"]
-        a["time_pgd"] += times["pgd"]
-        a["time_bounds"] = a["time_bounds"] + np.asarray(times["bounds"], float)
-        a["n_bounds"] = a["n_bounds"] + np.asarray(times["n_bounds"], np.int64)
-        self.n_done += len(rows["index"])
-        a["n_done"] = self.n_done
-
-    def record(self) -> RunRecord:
-        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)
-        data = {c: cat([r[c] for r in self.rows]).astype(dt) for c, dt in COLUMNS.items()}
-        for g, dt in METHOD_COLUMNS.items():
-            data[g] = {m: cat([r[g][m] for r in self.mrows]).astype(dt) for m in self.methods}
-        attrs = dict(self.attrs, methods=list(self.methods))
-        return RunRecord(self.name, attrs, data)
-
-    def finish(self, summary):
-        self.attrs.update(summary)
-        self.attrs["wall_time"] = time.monotonic() - self.start
-        self.attrs["finished"] = self.finished = True
-
-
 def _batch_input(plan: RunPlan, data, clip, rows: slice, device):
     x = data.x[rows].to(device=device, dtype=torch.float32)
     if plan.kind == "box":
@@ -336,7 +300,7 @@ def _execute(graph, data, plans, methods, n_classes, cfg, dev, out, progress, af
             if writer is not None:
                 wr = writer.run(p.name, p.settings, len(data), methods, n_classes)
             else:
-                wr = _MemoryRun(p.name, p.settings, len(data), methods, n_classes)
+                wr = MemoryRunWriter(p.name, p.settings, len(data), methods, n_classes)
                 memory_runs.append(wr)
             if wr.finished:
                 bar.update(len(data))

@@ -117,7 +117,7 @@ def _settings_of(run) -> dict:
 
 def _merge_run(runs, paths) -> tuple:
     """(name, settings, per-sample data in full order, summed times) of one run over all shards."""
-    from toolkit.report.h5 import RESULT_SETTINGS, _same
+    from toolkit.report.h5 import RESULT_SETTINGS, same_setting
 
     name, first = runs[0].name, runs[0]
     ks, n_shards = [], None
@@ -132,7 +132,7 @@ def _merge_run(runs, paths) -> tuple:
         for key in [*RESULT_SETTINGS, "shard_full_n", "shard_full_digest"]:
             if key in ("n", "index_digest"):
                 continue
-            if not _same(run.attrs.get(key), first.attrs.get(key)):
+            if not same_setting(run.attrs.get(key), first.attrs.get(key)):
                 raise BadInputError(f"shards differ in {key} for run {name!r}: {run.attrs.get(key)!r} in {path}, "
                                     f"{first.attrs.get(key)!r} in {paths[0]}; merge only shards of one command")
     _check_complete(ks, n_shards, name, paths)

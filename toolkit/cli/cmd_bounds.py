@@ -32,13 +32,8 @@ def add_arguments(p):
 
 
 def run(args):
-    import os
-
-    import numpy as np
-
-    from toolkit.bounds.api import bounds_for_inputs
+    from toolkit.bounds.api import bounds_for_inputs, check_writable, save_bounds
     from toolkit.errors import BadInputError
-    from toolkit.fileio import atomic_path
     from toolkit.ir.onnx_import import import_onnx
 
     x = _load_npy(args.inputs, "inputs")
@@ -46,16 +41,13 @@ def run(args):
     eps = args.eps[0] if len(args.eps) == 1 else args.eps
     if any(e < 0 or e != e for e in args.eps):
         raise BadInputError(f"--eps must be >= 0, got {args.eps}")
+    check_writable(args.out)  # before the computation, not after it
     graph = import_onnx(args.model, mean=args.mean, std=args.std)
     clip = None if args.no_clip else tuple(args.clip)
     alpha = args.method == "alpha-crown"
     opts = {"alpha_iters": args.alpha_iters, "alpha_scope": args.alpha_scope} if alpha else {}
     arrays = bounds_for_inputs(graph, x, labels, eps, args.method, clip, args.device, args.batch_size, **opts)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise BadInputError(f"cannot write {args.out}: folder {out_dir} does not exist")
-    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    save_bounds(args.out, arrays)
     n, cert = len(arrays["certified"]), int(arrays["certified"].sum())
     print(f"{args.method}: certified {cert}/{n}; wrote {args.out}")
     return 0

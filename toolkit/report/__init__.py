@@ -4,10 +4,10 @@
 Reads files and plain arrays only; never imports the bound engine or the trainer (architecture.md).
 The layout is documented in ``toolkit.report.h5``.
 """
-from .h5 import (COLUMNS, FORMAT, FORMAT_VERSION, METHOD_COLUMNS, Report, ReportWriter, RunRecord, RunWriter,
-                 check_out, partial_path, read_report)
+from .h5 import (COLUMNS, FORMAT, FORMAT_VERSION, METHOD_COLUMNS, MemoryRunWriter, Report, ReportWriter, RunRecord,
+                 RunWriter, check_out, partial_path, read_report)
 from .tables import HEADERS, format_table, summarize, table_rows
 
-__all__ = ["COLUMNS", "FORMAT", "FORMAT_VERSION", "METHOD_COLUMNS", "Report", "ReportWriter", "RunRecord",
+__all__ = ["COLUMNS", "FORMAT", "FORMAT_VERSION", "METHOD_COLUMNS", "MemoryRunWriter", "Report", "ReportWriter", "RunRecord",
            "RunWriter", "check_out", "partial_path", "read_report", "HEADERS", "format_table", "summarize",
            "table_rows"]

@@ -112,7 +112,7 @@ def _plain(value):
     return value
 
 
-def _same(a, b) -> bool:
+def same_setting(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
@@ -157,7 +157,7 @@ def _check_compatible(path: Path, runs: dict) -> None:
             continue
         for key in RESULT_SETTINGS:
             new_v = _plain(_attr(settings.get(key)))
-            if not _same(old.attrs.get(key), new_v):
+            if not same_setting(old.attrs.get(key), new_v):
                 raise BadInputError(f"{path} already holds run {name!r} made with {key}={old.attrs.get(key)!r}"
                                     f" (now {new_v!r}); use another --out or remove the file")
 
@@ -301,6 +301,42 @@ class RunWriter:
         self._add_wall()
         self.g.attrs["finished"] = True
         self.g.file.flush()
+
+
+class MemoryRunWriter:
+    """``RunWriter``'s interface, in memory: the runs of ``certify(..., out=None)`` (nothing is saved)."""
+
+    def __init__(self, name, settings, n_total, methods, n_classes):
+        self.name, self.methods = name, list(methods)
+        self.attrs = dict(settings, name=name, n=int(n_total), methods=list(methods), n_classes=n_classes,
+                          finished=False, n_done=0, wall_time=0.0, time_clean=0.0, time_pgd=0.0,
+                          time_bounds=np.zeros(len(methods)), n_bounds=np.zeros(len(methods), np.int64))
+        self.rows, self.mrows, self.n_done, self.finished = [], [], 0, False
+        self.start = _monotonic()
+
+    def append(self, rows, method_rows, times):
+        self.rows.append(rows)
+        self.mrows.append(method_rows)
+        a = self.attrs
+        a["time_clean"] += times["clean"]
+        a["time_pgd"] += times["pgd"]
+        a["time_bounds"] = a["time_bounds"] + np.asarray(times["bounds"], float)
+        a["n_bounds"] = a["n_bounds"] + np.asarray(times["n_bounds"], np.int64)
+        self.n_done += len(rows["index"])
+        a["n_done"] = self.n_done
+
+    def record(self) -> RunRecord:
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)
+        data = {c: cat([r[c] for r in self.rows]).astype(dt) for c, dt in COLUMNS.items()}
+        for g, dt in METHOD_COLUMNS.items():
+            data[g] = {m: cat([r[g][m] for r in self.mrows]).astype(dt) for m in self.methods}
+        attrs = dict(self.attrs, methods=list(self.methods))
+        return RunRecord(self.name, attrs, data)
+
+    def finish(self, summary):
+        self.attrs.update(summary)
+        self.attrs["wall_time"] = _monotonic() - self.start
+        self.attrs["finished"] = self.finished = True
 
 
 def _check_rows(group, n_done, datasets) -> None:
