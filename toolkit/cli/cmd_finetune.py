@@ -25,7 +25,7 @@ def run(args) -> int:
     from toolkit.train.api import finetune
 
     kw = config_kwargs(args)
-    callbacks = [epoch_logger] if args.no_progress else []
+    callbacks = [] if args.progress else [epoch_logger]
     res = finetune(args.model, eps=args.eps, out=args.out, mean=args.mean, std=args.std, data=args.data,
                    callbacks=callbacks, **kw)
     print_outcome(res)

@@ -27,13 +27,13 @@ def add_training_arguments(p, finetune: bool = False):
     m.add_argument("--method", default="cp", choices=("cp", "crown-ibp", "ibp", "mtl-ibp", "sabr"),
                    help="certified loss (default: cp); mtl-ibp (De Palma et al. 2024) and sabr (Müller et al. "
                         "2023) mix in an adversarial point found by PGD")
-    m.add_argument("--reg-d", type=float, default=0.0, metavar="LAMBDA", help="weight of regularizer d (default: 0)")
-    m.add_argument("--reg-r", type=float, default=0.0, metavar="GAMMA", help="weight of regularizer r (default: 0)")
+    m.add_argument("--reg-d", dest="lam", type=float, default=0.0, metavar="LAMBDA", help="weight of regularizer d (default: 0)")
+    m.add_argument("--reg-r", dest="gamma", type=float, default=0.0, metavar="GAMMA", help="weight of regularizer r (default: 0)")
     m.add_argument("--r-norm", default="none", choices=("none", "width", "layer-mean"),
                    help="r normalisation (paper open, spec U1): none (default), width (divide by u-l), "
                         "layer-mean (mean over each layer's unstable neurons)")
     m.add_argument("--r-squared", action="store_true", help="squared instead of absolute distances in r")
-    m.add_argument("--reg-agg", default="sum", choices=("sum", "mean"),
+    m.add_argument("--reg-agg", dest="aggregate", default="sum", choices=("sum", "mean"),
                    help="sum (default, Eq. 4) or mean of d_t and r_t over the classes t != y")
     m.add_argument("--proj", type=int, default=0, metavar="K",
                    help="cp only: Cauchy random projections of dimension K for the intermediate bounds "
@@ -98,7 +98,7 @@ def add_training_arguments(p, finetune: bool = False):
     d.add_argument("--test-data", default=None, help="evaluation set instead: a dataset name or an .npz")
     d.add_argument("--train-n", type=int, default=None, help="train on the first N samples only")
     d.add_argument("--test-n", type=int, default=None, help="evaluate on the first N test samples only")
-    d.add_argument("--eval-method", default=None,
+    d.add_argument("--eval-method", dest="eval_methods", type=_method_list, default=None,
                    help="certifiers for the before/after table, comma-separated (default: fastlin for cp, "
                         "ibp,crown-ibp for crown-ibp, ibp for ibp)")
     d.add_argument("--pgd-steps", type=int, default=100, help="PGD steps of the evaluation (default: 100)")
@@ -108,7 +108,8 @@ def add_training_arguments(p, finetune: bool = False):
                                                 "PATH.ckpt/)")
     w.add_argument("--report", default=None, help="HDF5 report path (default: PATH.h5)")
     w.add_argument("--resume", action="store_true", help="continue from the last checkpoint in PATH.ckpt/")
-    w.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+    w.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (one line per epoch instead)")
 
 
 def add_arguments(p):
@@ -117,27 +118,28 @@ def add_arguments(p):
     add_training_arguments(p)
 
 
+def _method_list(text):
+    return [m for m in text.replace(" ", ",").split(",") if m]
+
+
 def config_kwargs(args) -> dict:
-    """argparse namespace → keyword arguments of ``toolkit.train.train`` / ``finetune``."""
-    methods = None
-    if args.eval_method:
-        methods = [m for m in args.eval_method.replace(" ", ",").split(",") if m]
-    return dict(method=args.method, lam=args.reg_d, gamma=args.reg_r, r_norm=args.r_norm, r_squared=args.r_squared,
-                aggregate=args.reg_agg, proj=args.proj, beta_final=args.beta_final, kappa_final=args.kappa_final,
-                r_coupling=args.r_coupling, attack_steps=args.attack_steps, warmup_reg=args.warmup_reg,
-                warmup_tol=args.warmup_tol, eval_eps=args.eval_eps, allow_larger_train_eps=args.allow_larger_train_eps,
-                eps_start=args.eps_start, warmup=args.warmup, ramp=args.ramp, eps_schedule=args.eps_schedule,
-                optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, lr_step=args.lr_step,
-                lr_decay_start=args.lr_decay_start, lr_milestones=tuple(int(v) for v in args.lr_milestones),
-                grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                device=args.device, data_root=args.data_root, train_data=args.train_data,
-                test_data=args.test_data, train_n=args.train_n, test_n=args.test_n, eval_methods=methods,
-                pgd_steps=args.pgd_steps, eval_batch_size=args.eval_batch_size, report=args.report,
-                resume=args.resume, progress=not args.no_progress,
-                # unset: the defaults live in toolkit.train.methods (MTL_ALPHA, SABR_LAMBDA)
-                **{k: v for k, v in (("mtl_alpha", args.mtl_alpha), ("sabr_lambda", args.sabr_lambda),
-                                     ("ibp_init", getattr(args, "ibp_init", None))) if v is not None})
+    """argparse namespace → keyword arguments of ``toolkit.train.train`` / ``finetune``: every
+    ``TrainConfig`` field the parser defines (each option's dest is its field name, so an option is declared
+    once here and once in the config), less the ones passed on their own (eps, out, data). An option left
+    unset (None) whose field has a default of its own keeps that default (e.g. --mtl-alpha)."""
+    from dataclasses import MISSING, fields
+
+    from toolkit.train.api import TrainConfig
+
+    out = {}
+    for f in fields(TrainConfig):
+        if f.name in ("eps", "out", "data") or not hasattr(args, f.name):
+            continue
+        v = getattr(args, f.name)
+        if v is None and f.default not in (None, MISSING):
+            continue
+        out[f.name] = v
+    return out
 
 
 def print_outcome(res) -> None:
@@ -157,7 +159,7 @@ def run(args) -> int:
     from toolkit.train.api import train
 
     kw = config_kwargs(args)
-    callbacks = [epoch_logger] if args.no_progress else []
+    callbacks = [] if args.progress else [epoch_logger]
     res = train(args.model, eps=args.eps, out=args.out, dataset=args.data, callbacks=callbacks, **kw)
     print_outcome(res)
     return 0
