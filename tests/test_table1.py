@@ -151,3 +151,25 @@ def test_speed_side_by_side_verdicts():
     ibp = next(line for line in side if line.startswith("| n ") and "| ibp " in line)
     assert crown.rstrip(" |").endswith("met") and "0.50" in crown
     assert "missed: 2.00× its time, 3.00× its tensor memory, looser by 0.5" in ibp
+
+
+def test_shared_models_markdown_and_readme_follow_from_the_json(tmp_path):
+    """benchmarks/results/shared_models.md is what its .json gives, and README's certify table is that table."""
+    import json
+    import shutil
+
+    from benchmarks import shared_models
+
+    src = shared_models.OUT
+    data = json.loads(src.read_text())
+    assert set(data["models"]) == set(shared_models.MODELS)
+    for r in data["models"].values():
+        assert not any(t == "sat" and f is not None for t, f in zip(r["truth"], r["certified_first"]))
+    shutil.copy(src, tmp_path / "s.json")
+    assert shared_models.main(["--table-only", "--out", str(tmp_path / "s.json")]) == 0
+    md = (tmp_path / "s.md").read_text()
+    assert md == src.with_suffix(".md").read_text()
+    readme = (shared_models.ROOT / "README.md").read_text()
+    for line in shared_models.table(data).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert "| " + " | ".join(cells) + " |" in readme, cells[0]
