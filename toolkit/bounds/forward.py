@@ -140,8 +140,9 @@ class _Form:
     def affine(self, node):
         sparse = {k: (_linear_part(node, g.unsqueeze(1)).squeeze(1), o) for k, (g, o) in self.sparse.items()}
         rule = rule_for(node)
-        if self.oscale is not None and rule.dense_weight(node) is not None:
-            return _Form(node(self.c), _fold_linear(self.G, self.oscale, rule.dense_weight(node)), self.scale, sparse)
+        weight = rule.dense_weight(node)
+        if self.oscale is not None and weight is not None:
+            return _Form(node(self.c), _fold_linear(self.G, self.oscale, weight), self.scale, sparse)
         if self.oscale is not None and rule.cell_moving:  # the factor moves with the cells
             return _Form(node(self.c), _linear_part(node, self.G), self.scale, sparse, node(self.oscale))
         return _Form(node(self.c), _linear_part(node, self.dense()), self.scale, sparse)

@@ -266,6 +266,7 @@ class ElementwiseAffineRule(AffineRule):
     reexpressed_constants = False
 
     def _scale_shift(self, node, like):
+        """(scale, shift) shaped for ``like``, a batch (N, *shape) of the op's input."""
         scale, shift = node.scale_shift()
         if like.dim() == 2 and scale.dim() == 3:  # BatchNorm1d-style input
             scale, shift = scale.flatten(), shift.flatten()
@@ -280,15 +281,11 @@ class ElementwiseAffineRule(AffineRule):
         return E[0] * sc.abs() + (rounding.gamma_f32(4) if redo else 0.0) * ((M[0] + E[0]) * sc.abs() + t.abs())
 
     def interval(self, node, mid, rad):
-        scale, shift = node.scale_shift()
-        if mid.dim() == 2 and scale.dim() == 3:  # BatchNorm1d-style input
-            scale, shift = scale.flatten(), shift.flatten()
+        scale, shift = self._scale_shift(node, mid)
         return mid * scale + shift - rad * scale.abs(), mid * scale + shift + rad * scale.abs()
 
     def backward(self, node, A, in_bounds, in_shapes, ctx):
-        scale, shift = node.scale_shift()
-        if A.dim() == 3 and scale.dim() == 3:
-            scale, shift = scale.flatten(), shift.flatten()
+        scale, shift = self._scale_shift(node, A[0])  # A[0]: (S, *shape), laid out like a batch
         n, s = A.shape[:2]
         # Σ ν·shift as a matrix-vector product: no temporary the size of A (often the input layer's).
         bias = A.reshape(n, s, -1) @ shift.expand(A.shape[2:]).reshape(-1)

@@ -166,10 +166,10 @@ class _BaseLoss:
     def _gamma_weight(self, parts) -> float:
         return 1.0
 
-    def _finish(self, graph, x, y, lower, total_reg, parts, step):
-        """Robust CE (+ κ·natural CE) on the margin lower bounds, plus the regularizer terms."""
-        k = graph.output_size()
-        ce = robust_ce(lower, y, k)
+    def _finish(self, graph, x, y, lower, total_reg, parts, step, robust=None):
+        """Robust CE on the margin lower bounds (or the method's own ``robust`` term) + κ·natural CE, plus the
+        regularizer terms; statistics from ``lower``."""
+        ce = robust_ce(lower, y, graph.output_size()) if robust is None else robust
         logits = graph(x).reshape(x.shape[0], -1)
         loss = ce
         if self.kappa is not None:
@@ -321,14 +321,8 @@ class MTLIBPLoss(_AdversarialIBPLoss):
         inp = _input_set(graph, x, eps)
         adv = F.cross_entropy(graph(self._attack(graph, inp, y, step)).reshape(x.shape[0], -1), y)
         lower, warm = self._ibp(graph, inp, y, eps)
-        ibp_ce = robust_ce(lower, y, graph.output_size())
-        mixed = (1 - self.alpha) * adv + self.alpha * ibp_ce
-        parts = self._finish(graph, x, y, lower, 0.0, {}, step)
-        loss = mixed if self.kappa is None else parts.kappa * F.cross_entropy(graph(x).reshape(len(y), -1), y) + \
-            (1 - parts.kappa) * mixed
-        loss = loss + warm
-        return LossParts(loss=loss, ce=float(mixed.detach()), robust_err=parts.robust_err,
-                         clean_err=parts.clean_err, kappa=parts.kappa)
+        mixed = (1 - self.alpha) * adv + self.alpha * robust_ce(lower, y, graph.output_size())
+        return self._finish(graph, x, y, lower, warm, {}, step, robust=mixed)
 
 
 class SABRLoss(_AdversarialIBPLoss):
