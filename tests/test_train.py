@@ -208,6 +208,27 @@ def test_resume_is_bit_identical(tiny_npz, tmp_path):
     assert full.after == resumed.after
 
 
+def test_resume_checkpoint_older_than_a_setting(tiny_npz, tmp_path):
+    """A checkpoint written before a setting existed (its config lacks the key) resumes when this run leaves
+    the setting at its default, and is refused when this run sets it otherwise."""
+    from toolkit.train.trainer import load_checked, save_atomic
+
+    def kill(trainer, metrics):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "old.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp_2x100", callbacks=[kill], **_train_kw(tiny_npz, out, method="crown-ibp", proj=0))
+    ck_path = tmp_path / "old.ckpt" / "last.pt"
+    ck = load_checked(ck_path)
+    assert ck["config"].pop("warmup_reg") == 0.0 and ck["config"].pop("ibp_init") is False
+    save_atomic(ck, ck_path)
+    with pytest.raises(BadInputError, match="warmup_reg=0.0, this run has warmup_reg=0.1"):
+        train("mlp_2x100", resume=True, **_train_kw(tiny_npz, out, method="crown-ibp", proj=0, warmup_reg=0.1))
+    resumed = train("mlp_2x100", resume=True, **_train_kw(tiny_npz, out, method="crown-ibp", proj=0))
+    assert len(resumed.history) == 2
+
+
 def _bundled_model(tmp_path):
     """(model, train data, test data): the bundled model and MNIST subsets when present, else a tiny exported
     MLP and synthetic data."""

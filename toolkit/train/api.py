@@ -29,7 +29,8 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +108,24 @@ class TrainConfig:
     report: str | None = None        # default: PATH.h5 beside PATH.onnx
     resume: bool = False
     progress: bool = True
+    #: Fields that do not change a run's result (paths, progress, device).
+    _NOT_SETTINGS: ClassVar[frozenset] = frozenset({"out", "report", "resume", "progress", "device",
+                                                     "eval_batch_size", "data_root"})
+
+    @classmethod
+    def setting_defaults(cls) -> dict:
+        """The default of every result-changing setting (what a checkpoint older than a setting used)."""
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING or f.default_factory is not MISSING:
+                v = f.default if f.default is not MISSING else f.default_factory()
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return {k: v for k, v in out.items() if k not in cls._NOT_SETTINGS}
 
     def result_settings(self) -> dict:
         """Settings a resumed run must share with the interrupted one (not paths, progress or device)."""
-        skip = {"out", "report", "resume", "progress", "device", "eval_batch_size", "data_root"}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if k not in self._NOT_SETTINGS}
 
 
 @dataclass
@@ -398,6 +412,7 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     settings = dict(cfg.result_settings(), **{k: base.get(k) for k in ("command", "model", "model_sha256")})
     trainer = Trainer(graph, loss_fn, opt, eps_s, lr_s, train_ds.x, train_ds.y, cfg.batch_size, cfg.epochs,
                       seed=cfg.seed, device=cfg.device, grad_clip=cfg.grad_clip, ckpt_dir=ckpt, config=settings,
+                      config_defaults=TrainConfig.setting_defaults(),
                       progress=cfg.progress and ctx.is_main, callbacks=list(callbacks) if ctx.is_main else [])
     work_report = ckpt / REPORT_NAME
     if cfg.resume:

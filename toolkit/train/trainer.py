@@ -93,7 +93,8 @@ class Trainer:
 
     x, y: the training set (CPU tensors; batches move to ``device``). ckpt_dir: where ``last.pt`` is written
     at the end of every epoch (None: no checkpoints). config: the result-changing settings, stored in the
-    checkpoint and compared on resume. extra: caller data kept in the checkpoint (e.g. the "before"
+    checkpoint and compared on resume; config_defaults: the default of each setting, so that a checkpoint
+    written before a setting existed resumes when this run leaves that setting at its default. extra: caller data kept in the checkpoint (e.g. the "before"
     evaluation). callbacks: ``f(trainer, epoch_metrics)`` called after each epoch's checkpoint.
     """
 
@@ -111,6 +112,7 @@ class Trainer:
     grad_clip: float = 0.0
     ckpt_dir: Path | None = None
     config: dict = field(default_factory=dict)
+    config_defaults: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     progress: bool = True
     callbacks: list = field(default_factory=list)
@@ -141,11 +143,14 @@ class Trainer:
         if path is None or not path.is_file():
             raise BadInputError(f"--resume: no checkpoint {path} to resume from")
         ck = load_checked(path)
-        diff = [k for k in sorted(set(ck.get("config", {})) | set(self.config))
-                if ck.get("config", {}).get(k) != self.config.get(k)]
+        old = ck.get("config", {})
+        # A setting added to the tool after this checkpoint was written is absent from it: the interrupted
+        # run used the setting's default, so only a non-default value here is a different run.
+        old = {**{k: v for k, v in self.config_defaults.items() if k not in old}, **old}
+        diff = [k for k in sorted(set(old) | set(self.config)) if old.get(k) != self.config.get(k)]
         if diff:
             k = diff[0]
-            raise BadInputError(f"--resume: checkpoint {path} was made with {k}={ck['config'].get(k)!r}, "
+            raise BadInputError(f"--resume: checkpoint {path} was made with {k}={old.get(k)!r}, "
                                 f"this run has {k}={self.config.get(k)!r}; use the same settings or a new --out")
         self.graph.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
