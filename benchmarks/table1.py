@@ -24,7 +24,7 @@ Model keys: a zoo name (``toolkit.zoo``); for CP, ``NAME`` trains with Wong et a
 Evaluation is always exact.
 
 λ and γ are unknown (spec U3): ``LAM`` = 0.05 and ``GAMMA`` = 0.005 (regularizers summed over t ≠ y, r
-without normalisation) -- the values of ``benchmarks/train_regularizers.py``, chosen so that λ·d and γ·r
+without normalisation) -- chosen so that λ·d and γ·r
 start at the size of the robust CE rather than swamping it (r of an untrained 2×100 MLP is ~100).
 
 Profiles (``PROFILES``; the markdown header repeats what a profile reduces):
@@ -473,15 +473,9 @@ def details_table(profile: str, out: Path) -> str:
         bounds = "CROWN-IBP/IBP" if c["family"] == "crown-ibp" else (f"proj {c['proj']}" if c["proj"] else "exact")
         rows.append([run, f"{c['train_eps']:.4g}", f"{c['lam']:g}", f"{c['gamma']:g}", bounds,
                      t.get("epochs"), t.get("batch_size"), c["train_n"] or "all", v.get("n", "-"),
-                     _secs(_cell_train_time(c)), _secs(c.get("eval_time_s"))])
+                     _secs(c.get("train_time_s")), _secs(c.get("eval_time_s"))])
     return tabulate(rows, headers=["run", "train ε", "λ", "γ", "train bounds", "epochs", "batch", "train n",
                                    "test n", "train s (epochs)", "eval s"], tablefmt="github", disable_numparse=True)
-
-
-def _cell_train_time(c: dict):
-    """From the training report beside the model when it is still there, else as stored with the cell."""
-    t = _train_time(Path(c["onnx"]).with_suffix(".h5")) if c.get("onnx") else None
-    return c.get("train_time_s") if t is None else t
 
 
 def _secs(v):
