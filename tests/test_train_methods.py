@@ -1,4 +1,4 @@
-"""MTL-IBP and SABR (issue 16): hand-computed losses on a tiny net, the mixture's extremes, SABR's small box
+"""MTL-IBP, Exp-IBP, CC-IBP and SABR (issue 16): hand-computed losses on a tiny net, the mixture's extremes, SABR's small box
 inside the ε-ball, gradients, d/r refused, and bit-identical resume (their PGD starts are seeded by step)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from toolkit.attack.pgd import pgd_attack
 from toolkit.errors import BadInputError
 from toolkit.ir import Graph, Linear
 from toolkit.spec import InputSet, margin_spec
-from toolkit.train import IBPLoss, MTLIBPLoss, SABRLoss, make_loss, train
+from toolkit.train import CCIBPLoss, ExpIBPLoss, IBPLoss, MTLIBPLoss, SABRLoss, make_loss, train
 
 DT = torch.float64
 
@@ -37,6 +37,36 @@ def test_sabr_and_mtl_ibp_by_hand():
     assert mtl(g, x, y, 0.2, 0).loss.item() == pytest.approx(math.log1p(math.exp(-0.6)))
     x2 = torch.tensor([[0.1]], dtype=DT)  # ball [0, 0.3] after clipping: IBP bound 0, x_adv = 0
     assert mtl(g, x2, y, 0.2, 0).loss.item() == pytest.approx(math.log(2.0))
+
+
+def test_exp_ibp_and_cc_ibp_by_hand():
+    """f(x) = (x, −x), x = 0.5, ε = 0.2: PGD's point 0.3 has margin 0.6 (CE log(1 + e^-0.6)); IBP's margin
+    bound over [0.3, 0.7] is 0.6 too. At x = 0.1 (ball [0, 0.3]): x_adv = 0, margin 0, CE log 2; IBP 0."""
+    g, y = _line(), torch.tensor([0])
+    x, x2 = torch.tensor([[0.5]], dtype=DT), torch.tensor([[0.1]], dtype=DT)
+    ce = lambda m: math.log1p(math.exp(-m))  # noqa: E731
+    for alpha in (0.25, 0.7):
+        assert ExpIBPLoss(alpha=alpha, attack_steps=8)(g, x, y, 0.2, 0).loss.item() == pytest.approx(ce(0.6))
+        assert CCIBPLoss(alpha=alpha, attack_steps=8)(g, x, y, 0.2, 0).loss.item() == pytest.approx(ce(0.6))
+    # where the two terms differ: a ball [0.45, 0.55] would agree again, so use a two-point example on the
+    # mixture functions themselves: adversarial margin 1.0, IBP bound −1.0
+    logits, lower = torch.tensor([[0.5, -0.5]], dtype=DT), torch.tensor([[-1.0]], dtype=DT)
+    a, b = ce(1.0), ce(-1.0)
+    assert ExpIBPLoss(alpha=0.25).mix(logits, lower, y).item() == pytest.approx(a ** 0.75 * b ** 0.25)
+    assert CCIBPLoss(alpha=0.25).mix(logits, lower, y).item() == pytest.approx(ce(0.75 * 1.0 + 0.25 * -1.0))
+    assert MTLIBPLoss(alpha=0.25).mix(logits, lower, y).item() == pytest.approx(0.75 * a + 0.25 * b)
+    assert CCIBPLoss(alpha=0.5, attack_steps=8)(g, x2, y, 0.2, 0).loss.item() == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize("cls", [ExpIBPLoss, CCIBPLoss])
+def test_expressive_losses_extremes_are_adversarial_training_and_ibp(cls):
+    g, x, y = _net_batch()
+    eps, step = 0.05, 3
+    ibp = IBPLoss()(g, x, y, eps, step).loss
+    assert cls(alpha=1.0)(g, x, y, eps, step).loss.item() == pytest.approx(ibp.item(), abs=1e-12)
+    adv = MTLIBPLoss(alpha=0.0, attack_steps=4, seed=7)(g, x, y, eps, step).loss
+    assert cls(alpha=0.0, attack_steps=4, seed=7)(g, x, y, eps, step).loss.item() == pytest.approx(adv.item(),
+                                                                                                 abs=1e-12)
 
 
 def _net_batch(seed=0):
@@ -74,7 +104,7 @@ def test_sabr_box_inside_the_ball_and_full_lambda_is_ibp():
     assert SABRLoss(lam_box=1.0)(g, x, y, eps, 0).loss.item() == pytest.approx(IBPLoss()(g, x, y, eps, 0).loss.item())
 
 
-@pytest.mark.parametrize("method", ["mtl-ibp", "sabr"])
+@pytest.mark.parametrize("method", ["mtl-ibp", "exp-ibp", "cc-ibp", "sabr"])
 def test_gradients_flow_and_regularizers_are_refused(method):
     g, x, y = _net_batch(2)
     parts = make_loss(method)(g, x, y, 0.05, 0)
@@ -85,7 +115,7 @@ def test_gradients_flow_and_regularizers_are_refused(method):
             make_loss(method, **kw)
 
 
-@pytest.mark.parametrize("method", ["mtl-ibp", "sabr"])
+@pytest.mark.parametrize("method", ["mtl-ibp", "cc-ibp", "sabr"])
 def test_resume_is_bit_identical(method, tiny_npz, tmp_path):  # noqa: F811
     kw = dict(method=method, lam=0.0, gamma=0.0, proj=0, attack_steps=2)
     full = train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "full.onnx", **kw))
@@ -149,3 +179,10 @@ def test_warmup_regularizer_by_hand_and_its_fade():
     assert on(gn, x, y, 0.05, 0).loss.item() > off(gn, x, y, 0.05, 0).loss.item()
     with pytest.raises(BadInputError, match="IBP-based"):
         make_loss("cp", warmup_reg=0.5)
+
+
+def test_cli_method_choices_are_the_loss_table():
+    from toolkit.cli.cmd_train import TRAIN_METHODS
+    from toolkit.train.methods import METHODS
+
+    assert TRAIN_METHODS == METHODS

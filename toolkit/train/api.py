@@ -48,7 +48,7 @@ OPTIMIZERS = ("adam", "sgd")
 #: Exact certifiers used for the before/after table unless eval_methods is given (spec §9.5: the
 #: training method's exact relaxation; CROWN-IBP models are evaluated with IBP and CROWN-IBP bounds).
 DEFAULT_EVAL = {"cp": ["fastlin"], "crown-ibp": ["ibp", "crown-ibp"], "ibp": ["ibp"], "mtl-ibp": ["ibp", "crown-ibp"],
-                "sabr": ["ibp", "crown-ibp"]}
+                "exp-ibp": ["ibp", "crown-ibp"], "cc-ibp": ["ibp", "crown-ibp"], "sabr": ["ibp", "crown-ibp"]}
 #: Datasets whose class count is known by name.
 N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar10_exact": 10, "cifar10_jpeg": 10, "mnist_test_1000": 10}
 REPORT_NAME = "report.h5"
@@ -76,7 +76,7 @@ class TrainConfig:
     beta_final: float = 0.0
     kappa_final: float | None = None  # None: loss without the natural CE term ("robust")
     r_coupling: str = "beta-positive"
-    mtl_alpha: float = MTL_ALPHA     # mtl-ibp: weight of the IBP loss
+    mtl_alpha: float = MTL_ALPHA     # mtl-ibp / exp-ibp / cc-ibp: weight α of the IBP term
     sabr_lambda: float = SABR_LAMBDA  # sabr: small-box radius as a fraction of eps
     attack_steps: int | None = None  # mtl-ibp / sabr: PGD steps for the adversarial point (default per method)
     ibp_init: bool = False           # train only: Shi et al. 2021's IBP initialisation (train.ibp_warmup)
@@ -205,7 +205,7 @@ def _validate(cfg: TrainConfig) -> None:
         if not math.isfinite(v) or v < 0:
             flag = "--reg-d (lambda)" if name == "lam" else "--reg-r (gamma)"
             raise BadInputError(f"{flag} must be finite and >= 0, got {v}")
-    if cfg.method in ("ibp", "mtl-ibp", "sabr"):  # value checks, and "d/r not defined for pure IBP" errors
+    if cfg.method in ("ibp", "mtl-ibp", "exp-ibp", "cc-ibp", "sabr"):  # value checks, and "d/r not defined for pure IBP" errors
         make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                   attack_steps=cfg.attack_steps)
     WarmupConfig(cfg.warmup_reg, cfg.warmup_tol, cfg.eps)  # value checks
