@@ -329,3 +329,110 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, tiny_npz, case, ex
     assert rc == 2
     assert len(err.splitlines()) == 1 and match in err, err
     assert list(outdir.iterdir()) == []
+
+
+# -- the clean-accuracy guard (issue 16) ---------------------------------------------------------------------
+
+def _flip_guard_setup():
+    from toolkit.ir import Graph, Linear
+    from toolkit.train.guard import CleanGuard
+    from toolkit.train.trainer import Trainer
+
+    g = Graph.sequential([Linear(torch.tensor([[1.0], [-1.0]]), torch.zeros(2))], (1,))
+    x, y = torch.tensor([[0.5], [-0.5], [0.2], [-0.2]]), torch.tensor([0, 1, 0, 1])
+    trainer = Trainer(g, None, None, None, None, x, y, 2, 3)
+    return g, trainer, CleanGuard(x, y, tolerance=10.0, batch_size=3)
+
+
+def test_clean_guard_passes_then_stops_and_rolls_back():
+    g, trainer, guard = _flip_guard_setup()
+    guard.start(trainer)
+    assert trainer.extra["guard"]["start_clean_err"] == 0.0
+    w0 = g.state_dict()[next(iter(g.state_dict()))].clone()
+    with torch.no_grad():  # epoch 1: one of four wrong (25 % > 0 + 10): stop, back to the start
+        next(g.parameters()).mul_(torch.tensor([[1.0], [1.0]]))
+        list(g.parameters())[1].copy_(torch.tensor([0.0, 0.5]))
+    trainer.epoch, m = 1, {}
+    guard(trainer, m)
+    assert m["guard_clean_err"] == 25.0 and trainer.stopped and "rolled back to epoch 0" in trainer.stopped
+    assert torch.equal(g.state_dict()[next(iter(g.state_dict()))], w0)
+    assert torch.equal(list(g.parameters())[1], torch.zeros(2))
+    from toolkit.train.guard import summary
+
+    s = summary(trainer.extra)
+    assert s["stopped_at"] == 1 and s["stopped_clean_err"] == 25.0 and "best_state" not in s
+
+
+def test_clean_guard_keeps_the_last_good_epoch():
+    g, trainer, guard = _flip_guard_setup()
+    guard.start(trainer)
+    with torch.no_grad():
+        list(g.parameters())[1].copy_(torch.tensor([0.1, 0.0]))  # still all right: epoch 1 passes
+    trainer.epoch = 1
+    guard(trainer, {})
+    assert trainer.extra["guard"]["best_epoch"] == 1 and not trainer.stopped
+    good = [p.clone() for p in g.parameters()]
+    with torch.no_grad():
+        next(g.parameters()).neg_()  # every image wrong: 100 %
+    trainer.epoch = 2
+    guard(trainer, {})
+    assert "rolled back to epoch 1" in trainer.stopped
+    assert all(torch.equal(a, b) for a, b in zip(g.parameters(), good))
+
+
+def test_finetune_guard_stops_training_and_reports(tiny_npz, tmp_path, monkeypatch):
+    """Through the API: the guard holds out training images, stops after the epoch that exceeds it, exports the
+    last good epoch's weights, and records its verdict in the report and the printed table."""
+    from toolkit.report.groups import read_train_group
+    from toolkit.train.guard import CleanGuard
+
+    errs = iter([10.0, 11.0, 50.0])  # start, epoch 1 (within +2), epoch 2 (over)
+    monkeypatch.setattr(CleanGuard, "clean_error", lambda self, graph: next(errs))
+    seen = {}
+
+    def grab(trainer, metrics):
+        seen[trainer.epoch] = [p.detach().clone() for p in trainer.graph.parameters()]
+
+    res = train("mlp_2x100", callbacks=[grab], **_train_kw(tiny_npz, tmp_path / "g.onnx", epochs=3,
+                                                             clean_guard=2.0, guard_n=8))
+    assert len(res.history) == 2 and sorted(seen) == [1, 2]
+    assert res.guard["stopped_at"] == 2 and res.guard["best_epoch"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(res.graph.parameters(), seen[1]))
+    assert "clean-accuracy guard" in res.table and "rolled back to epoch 1" in res.table
+    attrs, _, _ = read_train_group(tmp_path / "g.h5")
+    g = attrs["guard"]  # decoded by the report layer
+    assert g["n"] == 8 and g["clean_err_per_epoch"] == [11.0, 50.0] and attrs["n_train"] == 40
+
+
+def test_certified_radius_by_bisection_and_the_ramp_start():
+    """f(x) = (x, −x): class 0 at x is certified for radius r < x (margin 2(x − r)), never at r = x. Eight
+    halvings of [0, 1] give 127/256 for x = 0.5 and 51/256 for x = 0.2; a misclassified image gets 0."""
+    from toolkit.ir import Graph, Linear
+    from toolkit.train.recipes import certified_radius, start_radius
+
+    g = Graph.sequential([Linear(torch.tensor([[1.0], [-1.0]]), torch.zeros(2))], (1,))
+    x, y = torch.tensor([[0.5], [0.2], [0.3]]), torch.tensor([0, 0, 1])
+    for method in ("ibp", "fastlin", "crown-ibp"):
+        r = certified_radius(g, x, y, 1.0, method)
+        assert r.tolist() == [127 / 256, 51 / 256, 0.0], method
+    assert start_radius(g, x, y, 1.0, "cp") == 51 / 256
+
+
+def test_finetune_recipe_defaults(tiny_npz, tmp_path):
+    """finetune: lr 1e-4, 1 epoch, a 1-epoch ramp from the model's median certified radius (recorded in the
+    report), the clean-accuracy guard on; --eps-start accepts a number or 'auto' only."""
+    from toolkit.ir.onnx_export import export_onnx
+    from toolkit.report.groups import read_train_group
+    from toolkit.train import finetune
+
+    src = tmp_path / "m.onnx"
+    export_onnx(train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "t.onnx", epochs=1)).graph, src)
+    kw = {k: v for k, v in _train_kw(tiny_npz, tmp_path / "f.onnx").items() if k not in ("epochs", "ramp", "lr")}
+    res = finetune(src, **dict(kw, guard_n=8))
+    attrs, _, _ = read_train_group(tmp_path / "f.h5")
+    cfg = attrs["config"]
+    assert cfg["lr"] == 1e-4 and cfg["epochs"] == 1 and cfg["ramp"] == 1 and cfg["eps_start"] == "auto"
+    assert 0 <= attrs["eps_start"] <= kw["eps"] and res.guard["n"] == 8 and attrs["n_train"] == 40
+    assert "median certified radius" in res.table
+    with pytest.raises(BadInputError, match="--eps-start"):
+        finetune(src, **dict(kw, out=str(tmp_path / "g.onnx"), eps_start="soon"))

@@ -1,6 +1,7 @@
 """tightcert train: certified training of a model-zoo architecture with the tightness regularizers."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .common import add_device, add_seed, float_list
@@ -70,9 +71,13 @@ def add_training_arguments(p, finetune: bool = False):
     e.add_argument("--eval-eps", type=float, default=None, help="eps of the before/after evaluation (default: --eps)")
     e.add_argument("--allow-larger-train-eps", action="store_true",
                    help="allow --eps above --eval-eps (the paper trains at 0.4 for a test eps of 0.3)")
-    e.add_argument("--eps-start", type=float, default=0.0, help="eps during warm-up and at the ramp start (default 0)")
+    e.add_argument("--eps-start", type=_eps_start, default="auto" if finetune else 0.0,
+                   help="eps during warm-up and at the ramp start, or 'auto': the model's median certified radius "
+                        "on 200 training images under the training bound (default: " +
+                        ("auto" if finetune else "0") + ")")
     e.add_argument("--warmup", type=int, default=0, help="epochs at --eps-start before the ramp (default: 0)")
-    e.add_argument("--ramp", type=int, default=None, help="epochs of the eps ramp (default: half the epochs)")
+    e.add_argument("--ramp", type=int, default=None,
+                   help="epochs of the eps ramp (default: half the epochs" + (", at least 1)" if finetune else ")"))
     e.add_argument("--eps-schedule", default="linear", choices=("linear", "smoothed"), help="ramp shape")
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
@@ -88,6 +93,18 @@ def add_training_arguments(p, finetune: bool = False):
     o.add_argument("--lr-decay-start", type=int, default=None, help="first epoch of decay (default: end of the ramp)")
     o.add_argument("--lr-milestones", type=float_list, default=(), help="epochs for multistep, e.g. 130,190")
     o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0 = off, default)")
+    if finetune:
+        o.add_argument("--clean-guard", type=float, default=2.0, metavar="POINTS",
+                       help="clean-accuracy guard: hold out --guard-n training images; stop and roll back to the "
+                            "last good epoch when their clean error rises more than POINTS percentage points "
+                            "above the starting model's (default: 2)")
+        o.add_argument("--no-clean-guard", dest="clean_guard", action="store_const", const=None,
+                       help="fine-tune without the guard (all training images are trained on)")
+    else:
+        o.add_argument("--clean-guard", type=float, default=None, metavar="POINTS",
+                       help="clean-accuracy guard as in finetune (default: off)")
+    o.add_argument("--guard-n", type=int, default=500,
+                   help="held-out training images the guard measures (default: 500, at most a fifth)")
     o.add_argument("--batch-size", type=int, default=50, help="training batch size (default: 50)")
     o.add_argument("--epochs", type=int, default=1 if finetune else 20,
                    help=f"epochs (default: {1 if finetune else 20})")
@@ -120,6 +137,15 @@ def add_arguments(p):
     p.add_argument("model", help="model-zoo architecture: mlp_2x100, mlp_256x2, small, large, xlarge, "
                                  "cnn_2layer_w{w}_l{l}, cnn_3layer_fixed_k{3|5}_w{w}, cnn_4layer_w{w}_l{l}")
     add_training_arguments(p)
+
+
+def _eps_start(text):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _method_list(text):

@@ -40,6 +40,8 @@ from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
 
+from .guard import CleanGuard, summary as guard_summary
+from .recipes import start_radius
 from .methods import MTL_ALPHA, SABR_LAMBDA, METHODS, WarmupConfig, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
 from .trainer import CKPT_NAME, EPOCH_METRICS, Trainer
@@ -69,7 +71,7 @@ class TrainConfig:
     proj: int = 0                    # cp: 0 = exact Fast-Lin, k > 0 = Cauchy projections (cp-proj)
     eval_eps: float | None = None    # default: eps
     allow_larger_train_eps: bool = False
-    eps_start: float = 0.0
+    eps_start: float | str = 0.0     # or "auto": the model's median certified radius (finetune default)
     warmup: int = 0                  # epochs at eps_start
     ramp: int | None = None          # epochs of ramp; default: epochs // 2
     eps_schedule: str = "linear"
@@ -92,6 +94,8 @@ class TrainConfig:
     lr_decay_start: int | None = None  # default: end of the ε ramp
     lr_milestones: tuple = ()
     grad_clip: float = 0.0
+    clean_guard: float | None = None  # finetune default 2.0: stop + roll back past +N points of clean error
+    guard_n: int = 500               # held-out training images the guard measures (at most a fifth)
     batch_size: int = 50
     epochs: int = 20
     seed: int = 0
@@ -138,6 +142,7 @@ class TrainOutcome:
     report_path: Path
     table: str
     notes: list = field(default_factory=list)
+    guard: dict | None = None        # the clean-accuracy guard's verdict (train.guard.summary)
 
 
 # -- public entry points -----------------------------------------------------------------------------------
@@ -168,8 +173,14 @@ def finetune(model_path, *, eps: float, out, mean=None, std=None, callbacks=(), 
     differ from ``train``: lr 1e-4, 1 epoch; the dataset is inferred from the input size unless ``data``."""
     from toolkit.ir.onnx_import import import_onnx
 
+    # the fine-tuning recipe (toolkit.train.recipes): low lr, short ramp from the current radius, guard
     kw.setdefault("lr", 1e-4)
     kw.setdefault("epochs", 1)
+    kw.setdefault("clean_guard", 2.0)
+    kw.setdefault("eps_start", "auto")
+    if kw.get("ramp") is None:
+        e, w = kw["epochs"], kw.get("warmup", 0)
+        kw["ramp"] = min(max(1, e // 2), e - w) if isinstance(e, int) and isinstance(w, int) and e > w else None
     if kw.get("ibp_init"):
         raise BadInputError("--ibp-init re-draws the weights: it is for train (from scratch), not finetune")
     cfg = _config(eps=eps, out=out, **kw)
@@ -213,8 +224,12 @@ def _validate(cfg: TrainConfig) -> None:
         make_loss("cp", warmup_reg=cfg.warmup_reg)  # raises: the warm-up regularizers read IBP bounds
     if cfg.proj and cfg.method != "cp":
         raise BadInputError(f"--proj applies to --method cp only (got --method {cfg.method})")
+    if isinstance(cfg.eps_start, str) and cfg.eps_start != "auto":
+        raise BadInputError(f"--eps-start must be a number >= 0 or 'auto', got {cfg.eps_start!r}")
     for name in ("eps", "eps_start"):
         v = getattr(cfg, name)
+        if v == "auto":
+            continue
         if not (math.isfinite(v) and v >= 0):
             raise BadInputError(f"--{name.replace('_', '-')} must be finite and >= 0, got {v}")
     if cfg.eval_eps is None:
@@ -224,7 +239,9 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.eps > cfg.eval_eps and not cfg.allow_larger_train_eps:
         raise BadInputError(f"the eps schedule goes to {cfg.eps:g}, past the eval eps {cfg.eval_eps:g}; lower --eps "
                             "or pass --allow-larger-train-eps (the paper trains at 0.4 for a test eps of 0.3)")
-    for name in ("epochs", "batch_size", "lr_step", "pgd_steps", "eval_batch_size"):
+    if cfg.clean_guard is not None and not (math.isfinite(cfg.clean_guard) and cfg.clean_guard >= 0):
+        raise BadInputError(f"--clean-guard must be finite and >= 0 (percentage points), got {cfg.clean_guard}")
+    for name in ("epochs", "batch_size", "lr_step", "pgd_steps", "eval_batch_size", "guard_n"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "pgd_steps" else 1):
             raise BadInputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -288,8 +305,10 @@ def _paths(cfg: TrainConfig, check_ckpt: bool = True):
     return out, report, ckpt
 
 
-def _schedules(cfg: TrainConfig, steps_per_epoch: int):
-    eps = EpsSchedule(cfg.eps, steps_per_epoch, cfg.warmup, cfg.ramp, cfg.eps_schedule, cfg.eps_start)
+def _schedules(cfg: TrainConfig, steps_per_epoch: int, eps_start: float | None = None):
+    eps_start = cfg.eps_start if eps_start is None else eps_start
+    eps_start = 0.0 if eps_start == "auto" else eps_start  # (value checks before the radius is known)
+    eps = EpsSchedule(cfg.eps, steps_per_epoch, cfg.warmup, cfg.ramp, cfg.eps_schedule, eps_start)
     start = cfg.warmup + cfg.ramp if cfg.lr_decay_start is None else cfg.lr_decay_start
     lr = LRSchedule(cfg.lr, cfg.lr_schedule, cfg.lr_decay, cfg.lr_step, start, cfg.lr_milestones)
     beta = BetaSchedule(eps, cfg.beta_final)
@@ -397,8 +416,12 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     graph = build()
     train_ds, train_name = _load(cfg, graph, "train")
     test_ds, test_name = _load(cfg, graph, "test")
-    steps = math.ceil(len(train_ds) / cfg.batch_size)
-    eps_s, lr_s, beta_s, kappa_s = _schedules(cfg, steps)
+    train_x, train_y, guard = _split_guard(cfg, train_ds)
+    # "auto": from the model as built (the starting model, also on resume), so a resumed run gets the same ε
+    eps_start = (min(cfg.eps, start_radius(graph.to(cfg.device), train_x, train_y, cfg.eps, cfg.method))
+                 if cfg.eps_start == "auto" else cfg.eps_start)
+    steps = math.ceil(len(train_x) / cfg.batch_size)
+    eps_s, lr_s, beta_s, kappa_s = _schedules(cfg, steps, eps_start)
     loss_fn = make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, r_norm=cfg.r_norm, r_squared=cfg.r_squared,
                         aggregate=cfg.aggregate, proj=cfg.proj, seed=cfg.seed, beta=beta_s, kappa=kappa_s,
                         r_coupling=cfg.r_coupling, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
@@ -410,11 +433,14 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     loss_fn = ctx.wrap_loss(graph, loss_fn)
     opt = _optimizer(graph, cfg)
     settings = dict(cfg.result_settings(), **{k: base.get(k) for k in ("command", "model", "model_sha256")})
-    trainer = Trainer(graph, loss_fn, opt, eps_s, lr_s, train_ds.x, train_ds.y, cfg.batch_size, cfg.epochs,
+    trainer = Trainer(graph, loss_fn, opt, eps_s, lr_s, train_x, train_y, cfg.batch_size, cfg.epochs,
                       seed=cfg.seed, device=cfg.device, grad_clip=cfg.grad_clip, ckpt_dir=ckpt, config=settings,
                       config_defaults=TrainConfig.setting_defaults(),
-                      progress=cfg.progress and ctx.is_main, callbacks=list(callbacks) if ctx.is_main else [])
+                      progress=cfg.progress and ctx.is_main, callbacks=list(callbacks) if ctx.is_main else [],
+                      checks=[guard] if guard else [])
     work_report = ckpt / REPORT_NAME
+    if guard:  # every rank: the weights are the same, so each reaches the same verdict
+        guard.start(trainer)  # a resumed run's load() replaces this with the stored record
     if cfg.resume:
         trainer.load()
     elif ctx.is_main:
@@ -436,20 +462,44 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
         return TrainOutcome(graph, history, {}, {}, onnx_path, report_path, f"(rank {ctx.rank}: rank 0 writes "
                                                                             "the model and the report)")
     train_time = sum(h["time_s"] for h in history)
+    guard_verdict = guard_summary(trainer.extra)
     certify(graph, test_ds, cfg.eval_eps, model_name="after", **ev)
     runs = {r.name.split("_eps")[0]: r for r in _read_runs(work_report)}
     summary = {k: _summary(runs[k]) for k in ("before", "after")}
-    table = _table(summary, cfg.eval_methods, cfg.eval_eps)
-    meta = _provenance(cfg, base, train_name, len(train_ds), summary)
-    _write_train_group(work_report, cfg, base, history, summary, train_time, len(train_ds),
-                       [runs["before"].name, runs["after"].name])
+    table = (_table(summary, cfg.eval_methods, cfg.eval_eps) + _guard_line(guard_verdict, trainer.stopped)
+             + (f"\n(eps ramp from the model's median certified radius {eps_start:.4g} to {cfg.eps:g})"
+                if cfg.eps_start == "auto" else ""))
+    meta = _provenance(cfg, base, train_name, len(train_x), summary)
+    _write_train_group(work_report, cfg, base, history, summary, train_time, len(train_x),
+                       [runs["before"].name, runs["after"].name], guard_verdict, eps_start)
     _copy_atomic(work_report, report_path)
     from toolkit.ir.onnx_export import export_onnx
 
     graph.meta.pop("sha256", None)  # the exported file is a new model, not the imported one
     export_onnx(graph.cpu(), onnx_path, metadata=meta)
     ctx.barrier()
-    return TrainOutcome(graph, history, summary["before"], summary["after"], onnx_path, report_path, table)
+    return TrainOutcome(graph, history, summary["before"], summary["after"], onnx_path, report_path, table,
+                        guard=guard_verdict)
+
+
+def _split_guard(cfg, train_ds):
+    """(training images, labels, CleanGuard or None): the guard holds out the last ``guard_n`` training
+    images (at most a fifth of them), which are then not trained on."""
+    if cfg.clean_guard is None:
+        return train_ds.x, train_ds.y, None
+    n = min(cfg.guard_n, len(train_ds) // 5)
+    if n < 1:
+        raise BadInputError(f"--clean-guard needs at least 5 training images to hold some out, got {len(train_ds)}")
+    return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard)
+
+
+def _guard_line(verdict, stopped) -> str:
+    if verdict is None:
+        return ""
+    if stopped:
+        return f"\n{stopped}."
+    return (f"\n(clean-accuracy guard: {verdict['n']} held-out training images, clean error "
+            f"{verdict['start_clean_err']:.2f} % at the start, limit +{verdict['tolerance']:g}; never exceeded)")
 
 
 def _optimizer(graph, cfg):
@@ -498,14 +548,18 @@ def _provenance(cfg, base, train_name, n_train, summary) -> dict:
             "tightcert.train.date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def _write_train_group(path, cfg, base, history, summary, train_time, n_train, run_names) -> None:
+def _write_train_group(path, cfg, base, history, summary, train_time, n_train, run_names, guard=None,
+                       eps_start=None) -> None:
     from toolkit.report.groups import write_train_group
 
     attrs = {"command": base["command"], "model": base["model"], "model_sha256": str(base.get("model_sha256", "")),
              "method": cfg.method, "config": json.dumps(cfg.result_settings()), "eval_eps": float(cfg.eval_eps),
              "eval_methods": json.dumps(list(cfg.eval_methods)), "n_train": int(n_train),
              "runs": json.dumps(run_names), "tightcert_version": __version__, "torch_version": str(torch.__version__),
-             "train_time_s": float(train_time), "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}
+             "train_time_s": float(train_time), "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+             "eps_start": float(cfg.eps_start if eps_start is None else eps_start),
+             "guard": json.dumps(guard if guard is None else dict(guard, clean_err_per_epoch=[
+                 h.get("guard_clean_err") for h in history]))}
     write_train_group(path, attrs, {m: [h[m] for h in history] for m in EPOCH_METRICS},
                       {c: (summary["before"][c], summary["after"][c]) for c in summary["before"]})
 

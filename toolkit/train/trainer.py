@@ -116,6 +116,7 @@ class Trainer:
     extra: dict = field(default_factory=dict)
     progress: bool = True
     callbacks: list = field(default_factory=list)
+    checks: list = field(default_factory=list)  # f(trainer, metrics) before each epoch's checkpoint (may stop)
     history: list = field(default_factory=list)
     epoch: int = 0   # epochs completed
     step: int = 0    # optimiser steps completed
@@ -159,12 +160,23 @@ class Trainer:
         _set_rng_state(ck["rng"])
 
     # -- training ------------------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> str | None:
+        """Why training ended early (kept in the checkpoint's ``extra``), or None."""
+        return self.extra.get("stopped")
+
+    def stop(self, reason: str) -> None:
+        """End training after this epoch (an epoch check's verdict, e.g. the clean-accuracy guard)."""
+        self.extra["stopped"] = reason
+
     def fit(self) -> list:
         """Train from ``self.epoch`` to ``self.epochs``; returns the per-epoch history."""
         self.graph.to(self.device).train()
-        while self.epoch < self.epochs:
+        while self.epoch < self.epochs and not self.stopped:
             metrics = self._run_epoch(self.epoch)
             self.epoch += 1
+            for check in self.checks:  # before the checkpoint, so that a stop and its rollback are in it
+                check(self, metrics)
             self.history.append(metrics)
             self.save()
             for cb in self.callbacks:
