@@ -2,6 +2,7 @@
 
     python -m benchmarks.speed [--batch 100] [--device cpu] [--out benchmarks/results/speed_cpu.json]
     python -m benchmarks.speed --table-only [--out ...]      # rewrite the .md beside the .json from it
+    python -m benchmarks.speed --resume [--redo NET:METHOD,...]  # continue a killed run (rows in --out kept)
 
 One row per (net, method): seconds for one batch (rows under 2 s: the median of up to 7 warm repeats after
 the measured first call), peak extra memory (CPU: peak RSS growth of a fresh
@@ -51,12 +52,12 @@ def load_net(name):
     from toolkit import zoo
     from toolkit.ir.onnx_import import import_onnx
 
-    if name == "cifar_base_kw":
-        p = np.load(SHARED / "models/cifar_base_kw/points.npz")
+    if name in ("cifar_base_kw", "resnet_2b"):
+        # CIFAR nets (resnet_2b has residual Adds): CIFAR-10 test images in pixel units; each model's points
+        # file gives the normalisation its ONNX expects (prepended as a Normalize node)
+        p = np.load(SHARED / f"models/{name}/points.npz")
         d = np.load(SHARED / "data/cifar10/cifar10_test_exact.npz")
-        mean, std = p["mean"].reshape(1, 3, 1, 1), p["std"].reshape(1, 3, 1, 1)
-        graph = import_onnx(SHARED / "models/cifar_base_kw/cifar_base_kw.onnx",
-                            mean=p["mean"].tolist(), std=p["std"].tolist())
+        graph = import_onnx(SHARED / f"models/{name}/{name}.onnx", mean=p["mean"].tolist(), std=p["std"].tolist())
         return graph, torch.tensor(d["x"] / 255.0, dtype=torch.float32), torch.tensor(d["y"]), 2 / 255
     sub = np.load(ROOT / "models/mnist_test_1000.npz")
     x = torch.tensor(sub["x"] / 255.0 if sub["x"].dtype == np.uint8 else sub["x"], dtype=torch.float32)
@@ -66,10 +67,6 @@ def load_net(name):
         return graph, x.reshape(-1, 784, 1), y, 0.03
     if name == "mlp_2x100":
         return import_onnx(ROOT / "models/mnist_mlp_2x100.onnx"), x, y, 0.1
-    if name == "resnet_2b":  # VNN-COMP's CIFAR ResNet (residual Adds); its points file gives the images
-        p = np.load(SHARED / "models/resnet_2b/points.npz")
-        graph = import_onnx(SHARED / "models/resnet_2b/resnet_2b.onnx")
-        return graph, torch.tensor(p["x"], dtype=torch.float32), torch.tensor(p["y"]), 2 / 255
     return zoo.build(name, "mnist", seed=0), x, y, 0.1
 
 
@@ -205,6 +202,9 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(OUT), help="raw results (.json); the .md is written beside it")
     ap.add_argument("--table-only", action="store_true", help="only rewrite the .md from --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already in --out (written after every row) and measure the rest")
+    ap.add_argument("--redo", default="", metavar="NET:METHOD,...", help="with --resume: measure these rows again")
     ap.add_argument("--one", nargs=2, metavar=("NET", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -230,24 +230,36 @@ def run_all(args) -> dict:
 
     import torch
 
-    nets = {}
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    redo = {tuple(r.split(":", 1)) for r in args.redo.split(",") if r}
+    nets = {n: {m: r for m, r in rows.items() if (n, m) not in redo} for n, rows in old.get("nets", {}).items()}
+    meta = {"command": f"python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
+                       f"--device {args.device}", "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "batch": args.batch,
+            "load": old.get("load", list(os.getloadavg()))}
     for net in args.nets.split(","):
-        nets[net] = {}
+        nets.setdefault(net, {})
         for method in args.methods.split(","):
+            if method in nets[net]:
+                continue
             batch = args.alpha_batch if method.endswith("alpha-crown") else args.batch
             cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(batch), "--device", args.device,
                    "--one", net, method]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                r = {"seconds": None, "note": (proc.stderr.strip().splitlines() or ["failed"])[-1][:100]}
+            if proc.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
+                r = {"seconds": None, "note": f"killed by signal {-proc.returncode} (out of memory?)"}
+            elif proc.returncode != 0:
+                errs = [x for x in proc.stderr.strip().splitlines() if "Error" in x] or proc.stderr.splitlines()
+                r = {"seconds": None, "note": (errs or ["failed"])[-1][:100]}
             else:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
             nets[net][method] = dict(r, batch=batch)
             print(net, method, nets[net][method], file=sys.stderr, flush=True)
-    return {"command": f"python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
-                       f"--device {args.device}", "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "batch": args.batch,
-            "load": list(os.getloadavg()), "nets": nets}
+            tmp = out.with_suffix(".json.partial")  # after every row: a killed run resumes with --resume
+            tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
+            os.replace(tmp, out)
+    return dict(meta, nets=nets)
 
 
 def _mib(v):
@@ -307,18 +319,33 @@ def _verdict(a, b) -> str:
     return "met" if not misses else "missed: " + ", ".join(misses)
 
 
+#: Why rows miss or are absent (prose; every figure is in the tables above).
+WHY = """Why rows miss or are absent:
+
+- `alpha-crown` (all layers): ours re-bounds every intermediate layer with slopes of its own per (sample,
+  neuron spec, earlier neuron) and keeps that autograd graph, which costs memory on every net and time on the
+  conv net; it also ends tighter on every net. auto_LiRPA 0.7.1 under torch 2.14 barely optimises: on both MLPs
+  its `alpha-crown/final` mean bound equals its CROWN bound (see the main table), so the two are not doing the
+  same work.
+- `crown-ibp` on the 2×100 MLP: a difference of about one MiB of tensors.
+- Absent: auto_LiRPA's CROWN and α-CROWN on `cifar_base_kw` and `resnet_2b` stop with an AssertionError in its
+  patches-mode multiply by our per-channel input normalisation (constants shaped (C, 1, 1)); given (1, C, 1, 1)
+  constants it fails later in its concretisation. Its `alpha-crown/final` on `small` at batch 100 was killed
+  for memory on this machine (the main table's note)."""
+
+
 def markdown(data: dict) -> str:
     load = data.get("load")
     head = [f"# Bound-method speed (batch {data['batch']})", "", f"Command: `{data['command']}`  ",
             f"torch {data['torch']}, {data['cpu']}, {data['cores']} cores"
-            + (f", load average {load[0]:.1f} at the end" if load else "") + ".", "",
+            + (f", 1-minute load average {load[0]:.1f} as recorded by the run" if load else "") + ".", "",
             "One fresh subprocess per row; rows under 2 s are the median of warm repeats. \"peak RSS\" is the "
             "process's resident-set growth; \"peak tensors\" the largest total of live tensor bytes seen by the "
             "torch profiler in a second run; \"largest A\" the biggest linear-bound coefficient tensor. The "
             "`alpha-crown` rows run on the alpha batch only: their ratio is per sample. Raw results: the `.json` "
             "beside this file.", "", main_table(data), ""]
     if lirpa_rows(data):
-        head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), ""]
+        head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), "", WHY, ""]
     return "\n".join(head)
 
 

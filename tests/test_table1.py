@@ -112,6 +112,17 @@ def test_committed_cpu_results_are_complete_and_match_their_table():
     values = table1.cell_values(h5)
     assert sorted(values) == sorted(c["run"] for c in grid) and len(grid) == 24
     assert table1.make_tables("cpu", h5) in md
+    assert table1.details_table("cpu", h5) in md  # train times from the .h5 alone
+
+
+def test_readme_table1_excerpt_follows_from_the_h5():
+    """README's Table 1 excerpt (certified error and relative change per method) is what table1_cpu.h5 gives."""
+    readme = (table1.ROOT / "README.md").read_text()
+    rows = table1.readme_cells("cpu", table1.RESULTS / "table1_cpu.h5")
+    assert len(rows) == 6
+    for label, cells in rows.items():
+        line = next(x for x in readme.splitlines() if x.strip().startswith(f"| {label} |"))
+        assert line.rstrip().endswith("| " + " | ".join(cells) + " |"), (label, line)
 
 
 def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
@@ -173,3 +184,39 @@ def test_shared_models_markdown_and_readme_follow_from_the_json(tmp_path):
     for line in shared_models.table(data).splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert "| " + " | ".join(cells) + " |" in readme, cells[0]
+
+
+def test_vnnlib_markdown_and_readme_follow_from_the_json(tmp_path):
+    """benchmarks/results/vnnlib.md is what the two .json files give; README's verify table and conformance
+    line are theirs; no stored answer contradicts truth.csv."""
+    import json
+
+    from benchmarks import vnnlib_runs as v
+
+    inst, conf = json.loads(v.INSTANCES.read_text()), json.loads(v.CONFORMANCE.read_text())
+    assert set(inst["models"]) == set(v.MODELS)
+    for m in inst["models"].values():
+        assert all(r["result"] == r["truth"] for r in m["rows"] if r["result"] in v.DECIDED and r["truth"])
+    assert v.main(["--table-only", "--md", str(tmp_path / "v.md")]) == 0
+    assert (tmp_path / "v.md").read_text() == v.MD.read_text()
+    readme = (v.ROOT / "README.md").read_text()
+    for line in v.instances_table(inst).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert "| " + " | ".join(cells) + " |" in readme, cells[0]
+    assert v.conformance_line(conf) in " ".join(readme.split())
+    s = v.conformance_summary(conf)
+    assert s["total"] == sum(s[k] for k in ("pass", "fail", "suspect", "error", "skip")) > 100
+
+
+def test_speed_markdown_is_what_its_json_gives(tmp_path):
+    """benchmarks/results/speed_cpu.md is generated from the committed .json (no figure typed by hand)."""
+    import json
+    import shutil
+
+    from benchmarks import speed
+
+    data = json.loads(speed.OUT.read_text())
+    assert set(data["nets"]) == set(speed.NETS)
+    shutil.copy(speed.OUT, tmp_path / "s.json")
+    assert speed.main(["--table-only", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.md").read_text() == speed.OUT.with_suffix(".md").read_text()
