@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tightcert-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean test-heavy
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m heavy
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.speed

@@ -9,7 +9,8 @@ Cost (all boxes of a model in one batch, one thread, on the shared loaded 2-core
 fastlin 2.7 s / crown 5.8 s / alpha-crown(5 it) 6.1 s on cifar_base_kw; fastlin 7.4 s / crown 26 s on
 resnet_2b (no sat rows there: skipped); fastlin 4.4 s on Convnet_avgpool; everything else < 2.5 s.
 So: cheap methods on every row of every model; the expensive pairs only on the sat rows (the rows the
-soundness claim is about), or skipped with the measured reason. Models not listed here (the folder may hold
+soundness claim is about), or, with the measured reason in ``PLAN``, on every row in the ``heavy`` tier that
+``make test`` deselects and ``make test-heavy`` (``pytest -m heavy``) runs. Models not listed here (the folder may hold
 others in the same layout) get the cheap methods only.
 """
 from __future__ import annotations
@@ -54,8 +55,9 @@ def _cases():
         plan = PLAN.get(d.name, {})
         for m in CHEAP + ("fastlin", "crown", "alpha-crown"):
             rows = "all" if m in CHEAP else plan.get(m, "model not in PLAN: cheap methods only")
-            if rows not in ("all", "sat"):
-                continue  # left out for test time; the reason is in PLAN (certify's own tests run crown on them)
+            if rows not in ("all", "sat"):  # too slow for make test (PLAN says why): the heavy tier, all rows
+                out.append(pytest.param(d.name, m, "all", marks=pytest.mark.heavy, id=f"{d.name}-{m}-heavy"))
+                continue
             out.append(pytest.param(d.name, m, rows, id=f"{d.name}-{m}"))
     return out or [pytest.param(None, None, None, marks=pytest.mark.skip(reason="no shared models"))]
 
