@@ -121,6 +121,20 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert [r.name for r in read_report(out).runs] == ["model_eps0.1", "model_eps0.2"]
 
 
+def test_resume_with_another_batch_size_is_refused_until_finished(tmp_path):
+    """A .partial resumes only with its own batch size (bounds depend on the batch); a finished run is only
+    read, so another batch size may add runs beside it."""
+    out = tmp_path / "r.h5"
+    with pytest.raises(Killed):
+        certify(tiny_graph(), tiny_data(), eps=0.1, out=out, after_batch=lambda *a: (_ for _ in ()).throw(Killed()),
+                **KW)
+    with pytest.raises(BadInputError, match="batch_size"):
+        certify(tiny_graph(), tiny_data(), eps=0.1, out=out, **dict(KW, batch_size=KW["batch_size"] + 1))
+    certify(tiny_graph(), tiny_data(), eps=0.1, out=out, **KW)
+    certify(tiny_graph(), tiny_data(), eps=[0.1, 0.2], out=out, **dict(KW, batch_size=KW["batch_size"] + 1))
+    assert [r.name for r in read_report(out).runs] == ["model_eps0.1", "model_eps0.2"]
+
+
 def test_plot_writes_pngs(tmp_path, capsys):
     out = tmp_path / "r.h5"
     certify(tiny_graph(), tiny_data(), eps=[0.0, 0.1, 0.2], out=out, **KW)

@@ -155,7 +155,10 @@ def _check_compatible(path: Path, runs: dict) -> None:
         old = next((r for r in rep.runs if r.name == name), None)
         if old is None:
             continue
-        for key in RESULT_SETTINGS:
+        # An unfinished run also keeps its batch size: α-CROWN optimises a batch jointly and the intermediate
+        # bounds skip neurons stable across the batch, so other batches give other bounds (issue 15).
+        keys = RESULT_SETTINGS + (() if old.attrs.get("finished") else ("batch_size",))
+        for key in keys:
             new_v = _plain(_attr(settings.get(key)))
             if not same_setting(old.attrs.get(key), new_v):
                 raise BadInputError(f"{path} already holds run {name!r} made with {key}={old.attrs.get(key)!r}"
