@@ -230,6 +230,8 @@ def run_all(args) -> dict:
 
     import torch
 
+    from toolkit.fileio import atomic_path
+
     out = Path(args.out)
     old = json.loads(out.read_text()) if args.resume and out.is_file() else {}
     redo = {tuple(r.split(":", 1)) for r in args.redo.split(",") if r}
@@ -256,9 +258,8 @@ def run_all(args) -> dict:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
             nets[net][method] = dict(r, batch=batch)
             print(net, method, nets[net][method], file=sys.stderr, flush=True)
-            tmp = out.with_suffix(".json.partial")  # after every row: a killed run resumes with --resume
-            tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
-            os.replace(tmp, out)
+            with atomic_path(out) as tmp:  # after every row: a killed run resumes with --resume
+                tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
     return dict(meta, nets=nets)
 
 

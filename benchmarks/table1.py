@@ -463,22 +463,19 @@ def _row(ds, label, key, eps_labels, ds_cells, vals) -> list:
 def readme_cells(profile: str, out: Path) -> dict:
     """README's Table 1 excerpt: method -> certified error per (dataset, ε) column, one decimal, with the
     relative change against the baseline in brackets (omitted when it rounds to 0.0 %); a test checks README."""
-    vals, grid = cell_values(out), cells(profile)
+    vals = cell_values(out)
+    cert = {(c["method"], c["dataset"], c["eps_label"]): vals.get(c["run"], {}).get("cert") for c in cells(profile)}
     cols = [(ds, e) for ds in EPS for e, _, _ in EPS[ds]]
     rows = {}
     for label, (_, _, _, base) in METHODS.items():
         row = []
         for ds, e in cols:
-            run = next((c["run"] for c in grid if c["method"] == label and c["dataset"] == ds
-                        and c["eps_label"] == e), None)
-            brun = next((c["run"] for c in grid if c["method"] == base and c["dataset"] == ds
-                         and c["eps_label"] == e), None) if base else None
-            v = vals.get(run, {}).get("cert")
+            v = cert.get((label, ds, e))
             if v is None:
                 row.append("·")
                 continue
             txt = f"{v:.1f}"
-            b = vals.get(brun, {}).get("cert") if brun else None
+            b = cert.get((base, ds, e)) if base else None
             if b:
                 rel = round(100 * (v - b) / b, 1)
                 txt += f" ({rel:+.1f} %)".replace("-", "−") if rel != 0 else ""

@@ -53,9 +53,10 @@ def _load(path: Path, fresh: dict) -> dict:
 
 
 def _save(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    from toolkit.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _machine() -> dict:

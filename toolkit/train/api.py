@@ -42,7 +42,7 @@ from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_b
 
 from .guard import CleanGuard, summary as guard_summary
 from .recipes import start_radius
-from .methods import MTL_ALPHA, SABR_LAMBDA, METHODS, WarmupConfig, make_loss
+from .methods import MTL_ALPHA, PURE_IBP, SABR_LAMBDA, METHODS, WarmupConfig, make_loss
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
 from .trainer import CKPT_NAME, EPOCH_METRICS, Trainer
 
@@ -216,7 +216,7 @@ def _validate(cfg: TrainConfig) -> None:
         if not math.isfinite(v) or v < 0:
             flag = "--reg-d (lambda)" if name == "lam" else "--reg-r (gamma)"
             raise BadInputError(f"{flag} must be finite and >= 0, got {v}")
-    if cfg.method in ("ibp", "mtl-ibp", "exp-ibp", "cc-ibp", "sabr"):  # value checks, and "d/r not defined for pure IBP" errors
+    if cfg.method in PURE_IBP:  # value checks, and "d/r not defined for pure IBP" errors
         make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                   attack_steps=cfg.attack_steps)
     WarmupConfig(cfg.warmup_reg, cfg.warmup_tol, cfg.eps)  # value checks

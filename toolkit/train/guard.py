@@ -10,7 +10,6 @@ so they are in every checkpoint and a resumed run continues (or stays stopped) e
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +30,8 @@ class CleanGuard:
         dev = next(graph.parameters()).device
         with torch.no_grad():
             for i in range(0, len(self.x), self.batch_size):
-                logits = graph(self.x[i:i + self.batch_size].to(dev)).reshape(min(self.batch_size, len(self.x) - i), -1)
-                wrong += int((logits.argmax(1).cpu() != self.y[i:i + self.batch_size]).sum())
+                xb = self.x[i:i + self.batch_size].to(dev)
+                wrong += int((graph(xb).reshape(len(xb), -1).argmax(1).cpu() != self.y[i:i + len(xb)]).sum())
         graph.train(was_training)
         return 100.0 * wrong / len(self.x)
 
@@ -66,4 +65,4 @@ def summary(extra: dict) -> dict | None:
 
 
 def _cpu_state(graph) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in copy.copy(graph.state_dict()).items()}
+    return {k: v.detach().cpu().clone() for k, v in graph.state_dict().items()}

@@ -40,6 +40,8 @@ from .regularizers import R_NORMS, real_activations, reg_d, reg_r
 from .schedules import BetaSchedule, KappaSchedule
 
 METHODS = ("cp", "crown-ibp", "ibp", "mtl-ibp", "exp-ibp", "cc-ibp", "sabr")
+#: Methods whose bound is pure IBP: no relaxation optimum, so d and r are refused for them.
+PURE_IBP = ("ibp", "mtl-ibp", "exp-ibp", "cc-ibp", "sabr")
 #: Defaults of the adversarial-point methods, from their authors' MNIST ε = 0.3 scripts (De Palma et al.'s
 #: MTL-IBP: ibp_coef 0.5, 1 attack step; SABR/TAPS: --eps-shrinkage 0.6; CTRAIN's SABR loss: 8 PGD steps).
 #: CTBench's own MNIST 0.3 SABR script uses a shrinkage of 0.9: set --sabr-lambda per task.

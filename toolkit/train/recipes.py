@@ -28,7 +28,7 @@ def certified_radius(graph, x, y, eps_max: float, method: str, iters: int = RADI
                      batch_size: int = 100) -> torch.Tensor:
     """Per image, the largest radius in [0, eps_max] (to eps_max / 2^iters, rounded down) at which ``method``
     certifies it; 0 where the model misclassifies the centre."""
-    from toolkit.bounds.engine import margin_lower_bound
+    from toolkit.bounds import compute_bounds
 
     dev = next(graph.parameters()).device
     out = []
@@ -43,8 +43,9 @@ def certified_radius(graph, x, y, eps_max: float, method: str, iters: int = RADI
             for _ in range(iters):
                 mid = (lo + hi) / 2
                 inp = InputSet.from_eps(xb, mid, clip=graph.input_spec.value_range)
-                # column y is 0; certified when every other margin bound is > 0 (NaN compares False)
-                cert = (margin_lower_bound(graph, inp, yb, method) > 0).sum(1) == graph.output_size() - 1
+                # as certify runs it (IBP intersection, no optimum); certified() counts NaN/inf as not
+                cert = compute_bounds(graph, inp, None, method, labels=yb, intersect_ibp=True,
+                                      optimum=False).certified()
                 lo, hi = torch.where(cert, mid, lo), torch.where(cert, hi, mid)
             out.append(torch.where(ok, lo, torch.zeros_like(lo)).cpu())
     graph.train(was_training)
