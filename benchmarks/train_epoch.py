@@ -20,7 +20,10 @@ All steps run at ε/2 (step 1 of a 2-step ramp). The steps are timed round-robin
 then the next round) after one warm-up round, and each method's median is kept, so drifting load affects all
 methods alike. The process keeps freed memory in its heap (``toolkit.runtime``), as ``tightcert`` does; that
 applies to every row, convex_adversarial's included. Raw times go to the ``.json``; the ``.md`` is generated
-from it (``--table-only``; a test checks the committed pair), with one line per issue-13 target.
+from it (``--table-only``; a test checks the committed pair), with one line per issue-13 target. Each row
+then runs ``--profile-steps`` (default 2) more steps under torch.profiler, and a plain 1024³ GEMM is timed:
+the .md explains every missed target from them (its mechanism, both rows' matrix-product share and rate, top
+ops, and what the step would take with its products at the plain GEMM's rate).
 """
 from __future__ import annotations
 
@@ -93,8 +96,9 @@ def make_step(label, graph, eps, device):
     return step
 
 
-def measure(net, methods, batches, batch, eps, device, data_root=None) -> dict:
-    """label -> list of step times (s), round-robin over ``batches`` batches after one warm-up round."""
+def measure(net, methods, batches, batch, eps, device, data_root=None, profile_steps=0):
+    """(label -> list of step times (s), round-robin over ``batches`` batches after one warm-up round;
+    label -> ``profile_step`` of ``profile_steps`` further steps, or {} when 0)."""
     from toolkit import zoo
     from toolkit.data import load_dataset
 
@@ -111,7 +115,52 @@ def measure(net, methods, batches, batch, eps, device, data_root=None) -> dict:
             steps[m](x, y)
             times[m].append(time.perf_counter() - t)
             print(f"{net} batch {b + 1}/{batches} {m}: {times[m][-1]:.4f}s", file=sys.stderr, flush=True)
-    return times
+    profiles = {m: profile_step(steps[m], xs[:batch], ys[:batch], profile_steps)
+                for m in methods if profile_steps}
+    return times, profiles
+
+
+#: aten ops that are matrix products (the step's arithmetic); the rest is element-wise work and overhead
+PRODUCTS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::convolution", "aten::_convolution",
+            "aten::mkldnn_convolution", "aten::slow_conv_transpose2d", "aten::convolution_backward")
+TOP_OPS = 5
+
+
+def profile_step(step, x, y, n) -> dict:
+    """torch.profiler over ``n`` steps (after the timed ones): the share of self CPU time in matrix products
+    and their rate (GFLOP/s, from the profiler's FLOP counts), and the ``TOP_OPS`` ops by self time."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True, with_flops=True) as prof:
+        for _ in range(n):
+            step(x, y)
+    ops = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    prod = [e for e in ops if e.key in PRODUCTS]
+    prod_us = sum(e.self_cpu_time_total for e in prod)
+    flops = sum(e.flops or 0 for e in prod)
+    top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:TOP_OPS]
+    return dict(steps=n, total_ms=total / 1000 / n, products_share=prod_us / total if total else 0.0,
+                products_gflops=flops / prod_us / 1000 if prod_us and flops else None,
+                top=[dict(op=e.key, shapes=str(e.input_shapes), ms=e.self_cpu_time_total / 1000 / n,
+                          share=e.self_cpu_time_total / total) for e in top])
+
+
+def gemm_rate(device, n=1024, reps=5) -> float:
+    """GFLOP/s of a plain n×n×n float32 GEMM on this device and thread count (the rate the products of a
+    step could reach; same run, so comparable)."""
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    t = []
+    for _ in range(reps):
+        s = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t.append(time.perf_counter() - s)
+    return 2 * n ** 3 / statistics.median(t) / 1e9
 
 
 # -- the table, from the data file ------------------------------------------------------------------------------
@@ -150,6 +199,62 @@ def target_lines(data: dict) -> list:
     return out
 
 
+#: what a missed target's numerator spends beyond its reference, by mechanism (the figures below each come
+#: from the profile in the .json)
+WHY = {
+    "CP (exact)": "both rows compute the same exact Fast-Lin bounds, carrying the d = 784 input generators "
+                  "through every layer before the last (the MLP: a (N·M′ × M)·(M × d) product; Small: its "
+                  "convolutions on N·d maps), with their gradients and the |·| / sign passes over those "
+                  "blocks. That arithmetic is the floor of both steps.",
+    "CP+d+r (exact)": "d and r need the real network at the relaxation's optimum of each spec (paper-spec "
+                      "§7.2 step 5, a pass on N·S inputs) and r a term per unstable neuron and spec.",
+    "CROWN-IBP+r": "r needs the real network at the relaxation's optimum of each of the S = K − 1 specs "
+                   "(paper-spec §7.2 step 5): a forward and backward pass on N·S = 9N inputs, which the "
+                   "CROWN-IBP pass cannot share (it runs the relaxed network, not the real one).",
+    "CROWN-IBP": "the CROWN pass carries S = 9 spec rows per sample back through every layer (transposed "
+                 "convolutions on 9N maps) where IBP carries one box; auto_LiRPA's loss fusion (one row: "
+                 "the CE loss itself) would remove the factor S and is not implemented.",
+}
+
+
+def why_lines(data: dict) -> list:
+    """For each missed target: the mechanism (``WHY``) and the profiled figures of both rows."""
+    prof = data.get("profiles")
+    if not prof:
+        return []
+    out = [f"## Why targets are missed (torch.profiler, {_profile_steps(prof)} steps per row after the timed "
+           f"ones; a plain 1024³ float32 GEMM ran at {data['gemm_gflops']:.0f} GFLOP/s in the same run)", ""]
+    for text, num, den, bound, nets in TARGETS:
+        for net in data["nets"]:
+            a, b = _median(data, net, num), _median(data, net, den)
+            if (nets and net not in nets) or a is None or b is None or a / b <= bound:
+                continue
+            out.append(f"- {text} — {net}: {WHY.get(num, '')}")
+            for label in (num, den):
+                p = prof.get(net, {}).get(label)
+                if p:
+                    out.append(f"  - {label}: {_profile_text(p)}")
+            p = prof.get(net, {}).get(num)
+            if p and p["products_gflops"]:
+                # the step with its products at the plain GEMM's rate and everything else as measured
+                floor = a * (1 - p["products_share"]) + a * p["products_share"] * p["products_gflops"] / data[
+                    "gemm_gflops"]
+                out.append(f"  - with {num}'s matrix products at the plain GEMM's rate and the rest as measured, "
+                           f"its step would take ≈ {floor * 1000:.1f} ms; the target asks ≤ {bound * b * 1000:.1f} ms")
+    return out + [""]
+
+
+def _profile_steps(prof) -> int:
+    return next(p["steps"] for rows in prof.values() for p in rows.values())
+
+
+def _profile_text(p: dict) -> str:
+    rate = f" at {p['products_gflops']:.0f} GFLOP/s" if p["products_gflops"] else ""
+    top = "; ".join(f"{t['op']} {t['shapes']} {t['share'] * 100:.0f} %" for t in p["top"][:3])
+    return (f"{p['total_ms']:.1f} ms profiled per step, matrix products {p['products_share'] * 100:.0f} % of it"
+            f"{rate}; top ops: {top}")
+
+
 def markdown(data: dict) -> str:
     head = [f"# Training step cost on MNIST, {data['device']}", "",
             f"Command: `{data['command']}`", "",
@@ -161,7 +266,7 @@ def markdown(data: dict) -> str:
     for net in data["nets"]:
         head += [f"## {net}", "", table(data, net), ""]
     head += ["## Issue 13 targets (ratios within this run)", ""] + target_lines(data) + [""]
-    return "\n".join(head)
+    return "\n".join(head + why_lines(data))
 
 
 def main(argv=None) -> int:
@@ -175,6 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="rows (default: all)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=str(OUT), help="raw times (.json); the .md is written beside it")
+    p.add_argument("--profile-steps", type=int, default=2,
+                   help="steps per row run under torch.profiler after the timed ones, for the .md's account "
+                        "of each missed target (default: 2; 0: none)")
     p.add_argument("--table-only", action="store_true", help="only rewrite the .md from --out")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -206,9 +314,12 @@ def run(args, methods, argv) -> dict:
 
     retain_freed_memory()
     load0 = os.getloadavg()[0]
-    nets = {net: measure(net, methods, args.batches, args.batch, args.eps, args.device, args.data_root)
-            for net in [n for n in args.nets.split(",") if n]}
-    return dict(command=f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.train_epoch "
+    nets, profiles = {}, {}
+    for net in [n for n in args.nets.split(",") if n]:
+        nets[net], profiles[net] = measure(net, methods, args.batches, args.batch, args.eps, args.device,
+                                           args.data_root, args.profile_steps)
+    extra = dict(profiles=profiles, gemm_gflops=gemm_rate(args.device)) if args.profile_steps else {}
+    return dict(**extra, command=f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m benchmarks.train_epoch "
                         + " ".join(argv), device=args.device, torch=torch.__version__,
                 threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), batch=args.batch,
                 eps=args.eps, batches=args.batches, load=[load0, os.getloadavg()[0]], cpus=os.cpu_count(), nets=nets)

@@ -145,6 +145,29 @@ def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
     assert (tmp_path / "t.md").read_text() == src.with_suffix(".md").read_text()
 
 
+def test_train_epoch_explains_each_missed_target_from_its_profile():
+    """A missed target gets a line with the mechanism and both rows' profiled figures, and the step time its
+    numerator would take with its products at the plain GEMM's rate; a met target gets none."""
+    from benchmarks import train_epoch
+
+    prof = lambda share, rate: {"steps": 2, "total_ms": 10.0, "products_share": share,  # noqa: E731
+                                "products_gflops": rate, "top": [{"op": "aten::mm", "shapes": "[[2, 3]]",
+                                                                  "ms": 5.0, "share": 0.5}]}
+    ms = lambda t: [t / 1000] * 3  # noqa: E731
+    nets = {"mlp_2x100": {train_epoch.SEQ: ms(1), train_epoch.IR: ms(1), "CP (exact)": ms(60),
+                          train_epoch.CA: ms(100), "CP+d+r (exact)": ms(66)}}
+    data = {"gemm_gflops": 80.0, "nets": nets,
+            "profiles": {"mlp_2x100": {"CP (exact)": prof(0.5, 40.0), train_epoch.CA: prof(0.4, 20.0)}}}
+    text = "\n".join(train_epoch.why_lines(data))
+    assert text.count("\n- ") + text.startswith("- ") == 1  # only the CP-vs-convex_adversarial target missed
+    assert train_epoch.WHY["CP (exact)"] in text
+    assert "CP (exact): 10.0 ms profiled per step, matrix products 50 % of it at 40 GFLOP/s" in text
+    assert "convex_adversarial (exact): 10.0 ms profiled per step, matrix products 40 %" in text
+    # 60 ms with half of it twice as fast: 30 + 15 = 45 ms, against 0.25 × 100 ms
+    assert "its step would take ≈ 45.0 ms; the target asks ≤ 25.0 ms" in text
+    assert train_epoch.why_lines({"nets": nets}) == []  # no profile stored: no section
+
+
 def test_speed_side_by_side_verdicts():
     """benchmarks.speed's auto_LiRPA table: a row is met only at ≤ 1× its time and tensor memory and a mean bound
     at least as tight; each miss is named with its size."""
