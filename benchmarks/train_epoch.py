@@ -255,6 +255,17 @@ def _profile_text(p: dict) -> str:
             f"{rate}; top ops: {top}")
 
 
+def readme_summary(data: dict) -> str:
+    """README's sentence on this run (a test checks README holds it, line breaks aside)."""
+    m = lambda label, net: _median(data, net, label)  # noqa: E731
+    r = lambda a, b: " / ".join(f"{m(a, n) / m(b, n):.2f}×" for n in NETS)  # noqa: E731
+    return (f"Exact CP: {m('CP (exact)', 'mlp_2x100') * 1000:.1f} ms on the MLP ({r('CP (exact)', CA).split(' / ')[0]} "
+            f"convex_adversarial's {m(CA, 'mlp_2x100') * 1000:.1f} ms) and {m('CP (exact)', 'small'):.2f} s on Small "
+            f"({r('CP (exact)', CA).split(' / ')[1]} its {m(CA, 'small'):.2f} s); CP+d+r {r('CP+d+r (exact)', 'CP (exact)')} "
+            f"CP; CROWN-IBP+r {r('CROWN-IBP+r', 'CROWN-IBP')} CROWN-IBP; plain CE through our IR {r(IR, SEQ)} "
+            f"`nn.Sequential`.")
+
+
 def markdown(data: dict) -> str:
     head = [f"# Training step cost on MNIST, {data['device']}", "",
             f"Command: `{data['command']}`", "",

@@ -145,6 +145,15 @@ def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
     assert (tmp_path / "t.md").read_text() == src.with_suffix(".md").read_text()
 
 
+def test_readme_train_epoch_figures_follow_from_the_json():
+    import json
+
+    from benchmarks import train_epoch
+
+    readme = " ".join((train_epoch.ROOT / "README.md").read_text().split())
+    assert train_epoch.readme_summary(json.loads(train_epoch.OUT.read_text())) in readme
+
+
 def test_train_epoch_explains_each_missed_target_from_its_profile():
     """A missed target gets a line with the mechanism and both rows' profiled figures, and the step time its
     numerator would take with its products at the plain GEMM's rate; a met target gets none."""
