@@ -120,23 +120,48 @@ def _cost(graph, shapes, layers, n_final):
     return total
 
 
-def _start_slopes(graph, bounds, relus, n, s):
-    """CROWN's adaptive lower slopes (§1.4) as the starting point, one per (sample, spec, neuron)."""
-    out = {}
+@dataclass
+class _Slopes:
+    """The slopes of one backward pass's ReLUs, kept only for the neurons unstable in some sample of the
+    sub-batch (``index``, flat): a stable neuron's lower line ignores α (``BackwardContext.relaxation``), and
+    bounds only tighten during the optimisation, so no neuron turns unstable later. Adam's moments, its
+    update and the clamp then scale with the unstable neurons instead of the whole layer (auto_LiRPA's sparse
+    α); ``dense`` scatters them into the (N, S, *shape) tensors a backward pass reads."""
+
+    values: dict  # ReLU key -> (N, S, k) leaf tensor
+    index: dict   # ReLU key -> (k,) flat neuron indices
+    shapes: dict  # ReLU key -> the layer's shape
+
+    def dense(self) -> dict:
+        out = {}
+        for r, v in self.values.items():
+            n, s, _ = v.shape
+            full = v.new_zeros(n, s, math.prod(self.shapes[r])).index_copy(2, self.index[r], v)
+            out[r] = full.reshape(n, s, *self.shapes[r])
+        return out
+
+
+def _start_slopes(graph, bounds, relus, n, s) -> _Slopes:
+    """CROWN's adaptive lower slopes (§1.4) as the starting point, one per (sample, spec, unstable neuron)."""
+    slopes = _Slopes({}, {}, {})
     for r in relus:
         l, u = bounds[graph.edges[r][0]]
-        slope = relax(l, u, "crown").lower_slope  # (N, 1, *shape)
-        out[r] = slope.expand(n, s, *slope.shape[2:]).clone().requires_grad_(True)
-    return out
+        slope = relax(l, u, "crown").lower_slope.reshape(n, 1, -1)  # (N, 1, neurons)
+        idx = ((l < 0) & (u > 0)).reshape(n, -1).any(0).nonzero().flatten()
+        slopes.values[r] = slope[:, :, idx].expand(n, s, idx.numel()).clone().requires_grad_(True)
+        slopes.index[r], slopes.shapes[r] = idx, tuple(l.shape[1:])
+    return slopes
 
 
 def _sweep(graph, inp, C, best, shapes, layers, alphas):
     """One differentiable CROWN pass with slopes ``alphas``: the re-bounded layers in topological order, each
-    intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds)."""
+    intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds, the
+    final pass's dense slopes)."""
     n, b = len(inp), dict(best)
     for key, rows in layers:
         A = unit_specs(rows, shapes[key], n, inp.lo)
-        g, const = backward_pass(graph, key, A, b, shapes, BackwardContext("alpha-crown", "crown", alphas[key]))
+        ctx = BackwardContext("alpha-crown", "crown", alphas[key].dense())
+        g, const = backward_pass(graph, key, A, b, shapes, ctx)
         lb, c = concretize(g, const, inp.lo, inp.hi), rows.numel()
         l0, u0 = (t.reshape(n, -1) for t in best[key])
         l, u = l0.clone(), u0.clone()
@@ -144,9 +169,9 @@ def _sweep(graph, inp, C, best, shapes, layers, alphas):
         u[:, rows] = torch.minimum(-lb[:, c:], u0[:, rows])
         b[key] = (l.reshape(best[key][0].shape), u.reshape(best[key][1].shape))
     A = C.reshape(n, C.shape[1], *shapes[graph.output])
-    g, const = backward_pass(graph, graph.output, A, b, shapes,
-                             BackwardContext("alpha-crown", "crown", alphas[graph.output]))
-    return concretize(g, const, inp.lo, inp.hi), b
+    final = alphas[graph.output].dense()
+    g, const = backward_pass(graph, graph.output, A, b, shapes, BackwardContext("alpha-crown", "crown", final))
+    return concretize(g, const, inp.lo, inp.hi), b, final
 
 
 def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
@@ -156,17 +181,17 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
         alphas = {key: _start_slopes(graph, bounds, _ancestor_relus(graph, key), n, 2 * rows.numel())
                   for key, rows in layers}
         alphas[graph.output] = _start_slopes(graph, bounds, _ancestor_relus(graph, graph.output), n, s)
-        params = [a for per_key in alphas.values() for a in per_key.values()]
+        params = [a for per_key in alphas.values() for a in per_key.values.values()]
         opt = torch.optim.Adam(params, lr=lr)
         best, best_lower, best_final = dict(bounds), None, {}
         for it in range(iters + 1):
             if it and deadline is not None and time.monotonic() >= deadline:
                 break
-            lower, swept = _sweep(graph, inp, C, best, shapes, layers, alphas)
+            lower, swept, final = _sweep(graph, inp, C, best, shapes, layers, alphas)
             low = lower.detach()
             better = torch.ones_like(low, dtype=torch.bool) if best_lower is None else low > best_lower
             best_lower = low if best_lower is None else torch.where(better, low, best_lower)
-            for k, a in alphas[graph.output].items():
+            for k, a in final.items():
                 m = better.reshape(n, s, *([1] * (a.dim() - 2)))
                 best_final[k] = torch.where(m, a.detach(), best_final.get(k, a.detach()))
             best = {k: _tighter(best[k], swept[k]) for k in best}
