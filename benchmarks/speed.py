@@ -257,6 +257,9 @@ def run_all(args) -> dict:
             else:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
             nets[net][method] = dict(r, batch=batch)
+            order = args.methods.split(",")  # a redone row keeps its place in the table
+            nets[net] = dict(sorted(nets[net].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
+                                    else len(order)))
             print(net, method, nets[net][method], file=sys.stderr, flush=True)
             with atomic_path(out) as tmp:  # after every row: a killed run resumes with --resume
                 tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
@@ -293,6 +296,23 @@ def lirpa_rows(data: dict) -> list:
             if ours and theirs and ours.get("seconds") and theirs.get("seconds"):
                 out.append((net, method, ours, theirs))
     return out
+
+
+def readme_reading(data: dict) -> str:
+    """README's reading of the side-by-side table (a test checks README holds it, line breaks aside)."""
+    t, m = {}, {}
+    for net, method, a, b in lirpa_rows(data):
+        t[net, method] = a["seconds"] / b["seconds"]
+        m[net, method] = a["tensor_peak_bytes"] / b["tensor_peak_bytes"]
+    rng = lambda vals: (f"{min(vals):.2f}–{max(vals):.2f}" if f"{min(vals):.2f}" != f"{max(vals):.2f}"  # noqa: E731
+                        else f"{min(vals):.2f}")
+    mlps = [t[n, "crown"] for n in ("mlp_2x100", "mnist_256x2") if (n, "crown") in t]
+    full = [k for k in t if k[1] == "alpha-crown"]
+    slow = [f"{n} {t[n, a]:.2f}×" for n, a in full if t[n, a] > 1]
+    return (f"CROWN on MNIST Small {t['small', 'crown']:.2f}×, on the MLPs {rng(mlps)}×; `alpha-crown/final` is "
+            f"{rng([v for k, v in t.items() if k[1] == 'alpha-crown/final'])}× its time and tighter; full "
+            f"`alpha-crown` is tighter on every net but holds {rng([m[k] for k in full])}× its tensor memory, "
+            + (f"and takes more time on {', '.join(slow)}." if slow else "at no more time."))
 
 
 def lirpa_table(data: dict) -> str:

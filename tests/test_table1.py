@@ -177,6 +177,15 @@ def test_train_epoch_explains_each_missed_target_from_its_profile():
     assert train_epoch.why_lines({"nets": nets}) == []  # no profile stored: no section
 
 
+def test_readme_speed_reading_follows_from_the_json():
+    import json
+
+    from benchmarks import speed
+
+    readme = " ".join((speed.ROOT / "README.md").read_text().split())
+    assert speed.readme_reading(json.loads(speed.OUT.read_text())) in readme
+
+
 def test_speed_side_by_side_verdicts():
     """benchmarks.speed's auto_LiRPA table: a row is met only at ≤ 1× its time and tensor memory and a mean bound
     at least as tight; each miss is named with its size."""
