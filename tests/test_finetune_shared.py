@@ -56,3 +56,20 @@ def test_one_model_end_to_end_and_a_rerun_skips_it(tmp_path, monkeypatch, capsys
 def test_unknown_model_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown model 'nope'"):
         fs.main(["--models", "nope", "--out", str(tmp_path / "f.json"), "--work", str(tmp_path)])
+
+
+def test_markdown_and_readme_follow_from_the_committed_json(tmp_path):
+    """benchmarks/results/finetune_shared.md is what its .json gives, and README's fine-tune table is that
+    table; every shared model has a row."""
+    import shutil
+
+    src = fs.OUT
+    data = json.loads(src.read_text())
+    assert list(data["models"]) == list(fs.MODELS)
+    shutil.copy(src, tmp_path / "f.json")
+    assert fs.main(["--table-only", "--out", str(tmp_path / "f.json")]) == 0
+    assert (tmp_path / "f.md").read_text() == src.with_suffix(".md").read_text()
+    readme = (fs.ROOT / "README.md").read_text()
+    for line in fs.table(data).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert "| " + " | ".join(cells) + " |" in readme, cells[0]
