@@ -21,7 +21,7 @@ def test_smoke_cells_budget_resume_and_second_seed(tmp_path, capsys):
     assert all(v["finished"] and v["n"] == 16 for v in vals.values())
     for r, c in cells.items():
         plan = json.loads((work / r / "plan.json").read_text())
-        assert c["epochs"] == plan["epochs"] == max(1, int(plan["budget_s"] // plan["epoch_s"]))
+        assert c["epochs"] == plan["epochs"] == max(2, int(plan["budget_s"] // plan["epoch_s"]))
         assert c["train"]["epochs"] == c["epochs"] and c["train"]["method"] == tm.ROWS[c["row"]]["method"]
         assert ("kappa_final" in c["train"]) == (c["row"] in ("IBP", "IBP + fast init", "CROWN-IBP"))
     md = out.with_suffix(".md").read_text()
@@ -49,3 +49,13 @@ def test_second_seed_waits_for_every_row(monkeypatch):
     cells["d"] = dict(row="CC-IBP", eps_label="0.1", seed=0)
     vals["d"] = dict(cert=20.0)  # a tie goes to the row listed first in ROWS
     assert tm.second_seed_rows(None, "0.1", ["IBP", "SABR", "CC-IBP"]) == ["SABR", "CC-IBP"]
+
+
+def test_a_budget_below_one_epoch_still_gets_a_valid_schedule(tmp_path):
+    """The epoch count never drops below the schedule's clean epoch plus one ramp epoch (a loaded machine
+    once measured an epoch longer than the smoke budget, and the 1-epoch schedule was refused)."""
+    out = tmp_path / "r.h5"
+    assert tm.main(["--profile", "smoke", "--out", str(out), "--work-dir", str(tmp_path / "w"), "--eps", "0.3",
+                    "--rows", "MTL-IBP", "--budget", "0"]) == 0
+    (c,) = table1.read_cells(out).values()
+    assert c["epochs"] == 2 and c["train"]["warmup"] + c["train"]["ramp"] <= 2
