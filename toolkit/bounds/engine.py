@@ -107,17 +107,17 @@ def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_EL
     ibp = ibp if ibp is not None else ibp_bounds(graph, inp.lo, inp.hi)
     if mode == "ibp":
         return dict(ibp)
-    exact = exact_on_box(graph)
-    if set(needs_bounds(graph)) <= exact:
-        # Every needed node is a first layer (§2.5), where IBP is already exact: the forward form would only
-        # push the d input generators through it (on a conv layer an (N, d, C, H, W) block) to get the same.
-        return {INPUT: (inp.lo, inp.hi), **{k: ibp[k] for k in needs_bounds(graph)}}
-    if mode == "proj":
-        return forward_bounds(graph, inp, shapes, needs_bounds(graph), k=proj, generator=generator)
-    if mode == "fastlin" and fastlin_form == "forward" and _forward_form_applies(graph):
+    need, exact = needs_bounds(graph), exact_on_box(graph)
+    # The forward forms pay off only past the first layer: when every needed node is a first layer (§2.5),
+    # the loop below takes IBP's (exact) bounds instead of pushing the d input generators through it (on a
+    # conv layer an (N, d, C, H, W) block).
+    forward = not set(need) <= exact
+    if mode == "proj" and forward:
+        return forward_bounds(graph, inp, shapes, need, k=proj, generator=generator)
+    if mode == "fastlin" and forward and fastlin_form == "forward" and _forward_form_applies(graph):
         return _forward_exact_chunked(graph, inp, shapes, chunk_elems, intersect_ibp, ibp)
     bounds = {INPUT: (inp.lo, inp.hi)}
-    for key in needs_bounds(graph):
+    for key in need:
         if key in exact:  # first layer: identical for every method (§2.5)
             bounds[key] = ibp[key]
             continue
