@@ -70,11 +70,10 @@ def measure(name: str, work: Path) -> dict:
     rc = main(command(name, work, resume))
     if rc != 0:
         raise SystemExit(f"finetune_shared: finetune failed on {name} (exit {rc})")
-    attrs, _, before_after = read_train_group(work / name / "model.h5")
-    guard = attrs.get("guard")
+    attrs, _, before_after = read_train_group(work / name / "model.h5")  # JSON attrs come back decoded
     return {"command": "tightcert " + " ".join(command(name, Path("OUT"), False)),
             "eps": MODELS[name]["eps"], "eps_start": float(attrs["eps_start"]), "n_train": int(attrs["n_train"]),
-            "train_time_s": float(attrs["train_time_s"]), "guard": json.loads(guard) if isinstance(guard, str) else guard,
+            "train_time_s": float(attrs["train_time_s"]), "guard": attrs.get("guard"),
             "before": {c: before_after[c][0] for c in (*COLUMNS, "n")},
             "after": {c: before_after[c][1] for c in (*COLUMNS, "n")}}
 
