@@ -255,7 +255,17 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def store(cell: dict, report: Path, extra: dict, out: Path, md: Path, profile: str, after_cell) -> None:
-    """Add a finished cell to the results file (module docstring: under the folder lock, copy + rename)."""
+    """Add a finished cell to the results file, with the λ/γ selection once a select cell lands."""
+    also = (lambda tmp: _write_selection(tmp, profile)) if cell["stage"] == "select" else None
+    add_cell(out, report, cell, extra, md, lambda: markdown(profile, out), after_cell, "PAPER_MNIST_RUN", also)
+
+
+def add_cell(out: Path, report: Path, cell: dict, extra: dict, md: Path, make_md, after_cell, env_var: str,
+             also=None) -> None:
+    """Add a finished cell's run and settings to the results file ``out`` (module docstring: under the folder
+    lock, copy + rename; ``also(tmp)`` may write more into the copy), rewrite the markdown ``md`` from
+    ``make_md()`` and run ``after_cell`` (env ``env_var``: the cell's run name), all under the lock. Shared by
+    ``benchmarks.train_methods``."""
     from toolkit.fileio import atomic_path
     from toolkit.report.groups import copy_run
 
@@ -264,11 +274,11 @@ def store(cell: dict, report: Path, extra: dict, out: Path, md: Path, profile: s
             shutil.copyfile(out, tmp)
             copy_run(report, cell["run"], tmp)  # gzip: the file is committed after every cell
             table1._write_cell_attrs(tmp, cell, extra)
-            if cell["stage"] == "select":
-                _write_selection(tmp, profile)
-        _write_text(md, markdown(profile, out))
+            if also is not None:
+                also(tmp)
+        _write_text(md, make_md())
         if after_cell:
-            rc = subprocess.run(after_cell, shell=True, env=dict(os.environ, PAPER_MNIST_RUN=cell["run"])).returncode
+            rc = subprocess.run(after_cell, shell=True, env=dict(os.environ, **{env_var: cell["run"]})).returncode
             if rc:
                 _log(f"--after-cell exited with status {rc} after {cell['run']}")
 

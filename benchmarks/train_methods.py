@@ -43,17 +43,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import os
-
 from benchmarks import table1
-from benchmarks.paper_mnist import _flock, _write_text
+from benchmarks.paper_mnist import _flock, _write_text, add_cell
 from benchmarks.table1 import CI_MNIST, RESULTS, ROOT, _resolve, _shrunk
 
 OUT = RESULTS / "train_methods_cpu.h5"
@@ -145,7 +141,7 @@ def run_cell(c: dict, out: Path, work: Path, args) -> None:
     from toolkit.data import load_dataset
     from toolkit.ir.onnx_import import import_onnx
     from toolkit.report import read_report
-    from toolkit.report.groups import copy_run, train_time
+    from toolkit.report.groups import train_time
     from toolkit.train import train
 
     prof = PROFILES[c["profile"]]
@@ -181,18 +177,8 @@ def run_cell(c: dict, out: Path, work: Path, args) -> None:
                 progress=False)
     extra = {"epochs": p["epochs"], "epoch_s": p["epoch_s"], "budget_s": p["budget_s"],
              "train_time_s": train_time(folder / "model.h5"), "train": kw, "onnx": str(onnx)}
-    with _flock(out.parent):
-        from toolkit.fileio import atomic_path
-
-        with atomic_path(out) as tmp:
-            shutil.copyfile(out, tmp)
-            copy_run(report, c["run"], tmp)
-            table1._write_cell_attrs(tmp, c, extra)
-        _write_text(out.with_suffix(".md"), markdown(out))
-        if args.after_cell:
-            rc = subprocess.run(args.after_cell, shell=True, env=dict(os.environ, TRAIN_METHODS_RUN=c["run"])).returncode
-            if rc:
-                _log(f"--after-cell exited with status {rc} after {c['run']}")
+    add_cell(out, report, c, extra, out.with_suffix(".md"), lambda: markdown(out), args.after_cell,
+             "TRAIN_METHODS_RUN")
 
 
 def second_seed_rows(out: Path, eps_label: str, rows) -> list:
