@@ -21,7 +21,7 @@ import torch
 
 from nets import mlp, random_conv, random_mlp, random_pool_net, random_smooth_net
 from toolkit.attack.pgd import pgd_attack
-from toolkit.bounds import compute_bounds, ibp_bounds
+from toolkit.bounds import AlphaOptions, BoundMethod, Intermediate, compute_bounds, ibp_bounds
 from toolkit.ir import INPUT
 from toolkit.spec import InputSet, margin_spec
 
@@ -31,7 +31,11 @@ SOUND = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown")
 VARIANTS = {"fastlin/backward": ("fastlin", {"fastlin_form": "backward"}),
             "fastlin/intersect-ibp": ("fastlin", {"intersect_ibp": True}),
             "crown/intersect-ibp": ("crown", {"intersect_ibp": True}),
-            "alpha-crown/final": ("alpha-crown", {"alpha_scope": "final"})}
+            "alpha-crown/final": ("alpha-crown", {"alpha_scope": "final"}),
+            # compositions no method name spells (toolkit.bounds.methods): any sound intermediate bounds with
+            # any valid final relaxation must stay sound
+            "crown-over-fastlin": (BoundMethod("crown-over-fastlin", Intermediate("fastlin"), "crown"), {}),
+            "alpha-over-ibp": (BoundMethod("alpha-over-ibp", Intermediate("ibp"), "crown", AlphaOptions()), {})}
 N_CENTRES = 4
 N_UNIFORM = 10_000
 N_VERTICES = 2_000   # ReLU nets reach their extremes at box vertices more often than inside

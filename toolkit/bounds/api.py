@@ -7,7 +7,7 @@ import torch
 from toolkit.errors import BadInputError
 from toolkit.spec import InputSet, label_column_ignored, scatter_margins
 
-from .engine import METHODS, compute_bounds
+from .methods import METHODS, compute_bounds
 from .precision import recheck_float64
 
 

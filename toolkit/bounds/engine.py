@@ -1,17 +1,9 @@
-"""Bound methods: a method is a choice of intermediate bounds and of lower-line slopes, over one pass.
+"""The bound engine's machinery: intermediate bounds and the final backward pass.
 
-| method       | intermediate bounds                         | final pass (lower slope)                  |
-|--------------|---------------------------------------------|-------------------------------------------|
-| ibp          | IBP                                         | IBP with C merged (§3.1)                  |
-| crown-ibp    | IBP                                         | backward, CROWN adaptive (§3.2)           |
-| fastlin (CP) | backward, Fast-Lin slopes (= Wong–Kolter)   | backward, Fast-Lin                        |
-| crown        | backward, CROWN adaptive                    | backward, CROWN adaptive                  |
-| alpha-crown  | CROWN's, re-bounded with optimised slopes   | backward, slopes optimised (Adam), best   |
-|              | (``alpha_scope="all"``, see ``alpha.py``)   | per spec kept                             |
-| cp-proj      | forward Fast-Lin with Cauchy projections    | backward, Fast-Lin (exact)                |
-
-``cp-proj`` is probabilistic (Wong et al. 2018 random projections, §8): for training only; its result is
-flagged and ``certified()`` refuses it.
+What a method *is* (which intermediate bounds, which final relaxation, which options) lives in
+``methods.py``; this module computes the pieces: ``intermediate_bounds`` for each intermediate-bound mode
+("ibp", "fastlin" forward or backward form, "crown", "proj" with Cauchy projections), ``final_pass`` (one
+backward pass of the specs with a lower-slope rule) and ``sanitize`` (NaN/inf is never certified).
 """
 from __future__ import annotations
 
@@ -19,21 +11,14 @@ import math
 
 import torch
 
-from toolkit.errors import BadInputError
 from toolkit.ir import INPUT
-from toolkit.spec import InputSet, margin_spec, scatter_margins
 
-from .alpha import ALPHA_ELEMS, SCOPES, optimise_alpha
 from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .forward import forward_bounds
-from .ibp import exact_on_box, ibp_bounds, ibp_spec_bound
+from .ibp import exact_on_box, ibp_bounds
 from .ops import rule_for
-from .result import BoundResult, LayerOptimum
+from .result import BoundResult
 
-METHODS = ("ibp", "crown-ibp", "fastlin", "crown", "alpha-crown", "cp-proj")
-#: (intermediate bounds, final lower-slope rule)
-_PLAN = {"ibp": ("ibp", None), "crown-ibp": ("ibp", "crown"), "fastlin": ("fastlin", "fastlin"),
-         "crown": ("crown", "crown"), "alpha-crown": ("crown", "crown"), "cp-proj": ("proj", "fastlin")}
 #: Default working-set size (elements) for one chunk of intermediate-bound specs.
 CHUNK_ELEMS = 2 ** 25
 
@@ -75,7 +60,7 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
     return torch.cat(lows, 1), torch.cat(ups, 1)
 
 
-def _has_relu(graph):
+def has_relu(graph):
     return any(rule_for(nd).relu for _, nd, _ in graph)
 
 
@@ -138,7 +123,7 @@ def intermediate_bounds(graph, inp, mode, shapes, ibp=None, chunk_elems=CHUNK_EL
     return bounds
 
 
-def _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas=None, record=True):
+def final_pass(graph, inp, C, bounds, shapes, method, rule, alphas=None, record=True):
     n, s = C.shape[:2]
     A = C.reshape(n, s, *shapes[graph.output])
     ctx = BackwardContext(method, rule, alphas=alphas, recording=record)
@@ -146,76 +131,7 @@ def _final_pass(graph, inp, C, bounds, shapes, method, rule, alphas=None, record
     return concretize(g, const, inp.lo, inp.hi), g, ctx.records
 
 
-def compute_bounds(graph, inp: InputSet, C: torch.Tensor | None = None, method: str = "crown", *,
-                   labels=None, bound_upper: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.1,
-                   proj: int = 50, generator=None, chunk_elems: int = CHUNK_ELEMS,
-                   intersect_ibp: bool = False, bounds: dict | None = None,
-                   fastlin_form: str = "forward", optimum: bool = True, alpha_scope: str | None = None,
-                   alpha_budget: int = ALPHA_ELEMS, alpha_deadline: float | None = None) -> BoundResult:
-    """Sound lower bounds of C·f(x') for all x' in ``inp`` (and the relaxation's optimum).
-
-    C: (N, S, K) spec matrix; default: margins e_y − e_j from ``labels``. Device and dtype follow ``inp``.
-    ``bounds`` lets a caller pass precomputed intermediate bounds (e.g. IBP bounds shared with CROWN-IBP's
-    β mixing). Differentiable w.r.t. the graph parameters (masks and line choices are constants).
-    ``alpha_scope`` (α-CROWN): "all" re-bounds the intermediate layers with slopes of their own, jointly
-    optimised for the final bound; "final" optimises the final pass only (``toolkit.bounds.alpha``); default
-    "all", or "final" when the caller passes ``bounds`` (they are then kept as they are); samples
-    run in sub-batches of at most ``alpha_budget`` elements of slopes and autograd graph, and a sample that
-    alone needs more gets the final pass only (``res.alpha_scope``: "all", "partial" or "final");
-    ``alpha_deadline`` (``time.monotonic()``) stops the iterations early, keeping the best bounds so far.
-    ``optimum=False`` skips recording the per-layer optimum (``res.layers``, what the regularizers read):
-    certification does not need it, and without it and without autograd the final pass runs in the
-    low-memory form (``ops.ReLURule``). ``res.g`` and ``res.z0`` are there either way.
-    """
-    if method not in METHODS:
-        raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
-    if isinstance(alpha_iters, bool) or int(alpha_iters) < 0:
-        raise BadInputError(f"alpha iterations must be >= 0, got {alpha_iters}")
-    if alpha_scope is not None and alpha_scope not in SCOPES:
-        raise BadInputError(f"unknown alpha scope {alpha_scope!r}; choose from {', '.join(SCOPES)}")
-    if C is None:
-        if labels is None:
-            raise BadInputError("compute_bounds needs a spec matrix C or labels")
-        C = margin_spec(labels, graph.output_size(), dtype=inp.lo.dtype).to(inp.lo.device)
-    C = C.to(dtype=inp.lo.dtype, device=inp.lo.device)
-    shapes = graph.shapes(dtype=inp.lo.dtype)
-    mode, rule = _PLAN[method]
-    ibp = ibp_bounds(graph, inp.lo, inp.hi) if (bounds is None or method == "ibp") else None
-    caller_bounds = bounds is not None
-    if bounds is None:
-        bounds = intermediate_bounds(graph, inp, mode, shapes, ibp, chunk_elems, intersect_ibp, proj, generator,
-                                     fastlin_form)
-    if method == "ibp":
-        res = BoundResult(method, ibp_spec_bound(graph, ibp, C), C, x=inp.x, bounds=bounds)
-        if bound_upper:
-            res.upper = -ibp_spec_bound(graph, ibp, -C)
-        return _sanitize(res, graph)
-    lower, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, record=optimum)
-    scope_ran = None
-    if method == "alpha-crown" and alpha_iters > 0 and _has_relu(graph):
-        # By default caller-given bounds (branch and bound's split domains, CROWN-IBP's shared IBP bounds)
-        # stay fixed; an explicit "all" re-bounds the layers inside them.
-        scope = alpha_scope or ("final" if caller_bounds else "all")
-        opt = optimise_alpha(graph, inp, C, bounds, shapes, needs_bounds(graph), alpha_iters, alpha_lr,
-                             scope=scope, budget=alpha_budget, deadline=alpha_deadline)
-        bounds = opt.bounds
-        lower_a, g, records = _final_pass(graph, inp, C, bounds, shapes, method, rule, opt.alphas, record=optimum)
-        # Every candidate is sound: CROWN's, the best of the iterations, and the best slopes re-run.
-        lower, scope_ran = torch.maximum(torch.maximum(lower_a, opt.lower), lower), opt.scope
-    res = BoundResult(method, lower, C, g=g, x=inp.x, box=(inp.lo, inp.hi),
-                      bounds=bounds, probabilistic=(method == "cp-proj"), alpha_scope=scope_ran)
-    res.layers = {k: LayerOptimum(pre=graph.edges[k][0], l=bounds[graph.edges[k][0]][0],
-                                  u=bounds[graph.edges[k][0]][1], unstable=r["relax"].unstable,
-                                  upper_line=r["upper_line"], lower_slope=r["relax"].lower_slope,
-                                  upper_slope=r["relax"].upper_slope,
-                                  upper_intercept=r["relax"].upper_intercept, nu=r["nu"])
-                  for k, r in records.items()}
-    if bound_upper:
-        res.upper = -_final_pass(graph, inp, -C, bounds, shapes, method, rule, record=False)[0]
-    return _sanitize(res, graph)
-
-
-def _sanitize(res: BoundResult, graph) -> BoundResult:
+def sanitize(res: BoundResult, graph) -> BoundResult:
     """NaN/inf anywhere in a sample's bounds → that sample's lower bounds become −inf (never certified)."""
     n = res.lower.shape[0]
     bad = ~torch.isfinite(res.lower)
@@ -228,16 +144,3 @@ def _sanitize(res: BoundResult, graph) -> BoundResult:
         if res.upper is not None:
             res.upper = torch.where(bad, torch.full_like(res.upper, math.inf), res.upper)
     return res
-
-
-def margin_lower_bound(graph, inp: InputSet, labels, method: str = "crown", **kw) -> torch.Tensor:
-    """(N, K): lower bound of min f_y(x') − f_j(x') per class j, 0 in column y.
-
-    For certification the intermediate bounds are intersected with IBP's by default (``intersect_ibp``):
-    still sound, never looser, and neurons IBP proves stable skip their backward passes."""
-    kw.setdefault("intersect_ibp", True)
-    kw.setdefault("optimum", False)
-    labels = torch.as_tensor(labels, device=inp.lo.device).long()
-    k = graph.output_size()
-    res = compute_bounds(graph, inp, None, method, labels=labels, **kw)
-    return scatter_margins(res.lower, labels, k, fill=0.0)
