@@ -7,7 +7,7 @@ import torch
 from toolkit.errors import BadInputError
 from toolkit.spec import InputSet, label_column_ignored, scatter_margins
 
-from .methods import METHODS, compute_bounds
+from .methods import bound_method
 from .precision import recheck_float64
 
 
@@ -15,10 +15,9 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
                       device="cpu", batch_size=100, dtype=torch.float32, **opts) -> dict:
     """Returns numpy arrays: ``margin_lb`` (N,K) lower bounds of min f_y − f_j (0 in column y),
     ``logit_lb``/``logit_ub`` (N,K), ``certified`` (N,) and ``labels`` (clean predictions by default)."""
-    if method not in METHODS:
-        raise BadInputError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "cp-proj":
-        raise BadInputError("cp-proj bounds are probabilistic (random projections) and cannot certify; "
+    method = bound_method(method, **opts)   # names and options checked before any work
+    if method.probabilistic:
+        raise BadInputError(f"{method.name} bounds are probabilistic (random projections) and cannot certify; "
                             "use it for training only")
     x = np.asarray(x)
     want = tuple(graph.input_spec.shape)
@@ -48,13 +47,12 @@ def bounds_for_inputs(graph, x: np.ndarray, labels=None, eps=0.0, method="crown"
         e = per_sample[i:i + batch_size] if per_sample is not None else eps_t.to(device)
         inp = InputSet.from_eps(xb, e, clip=clip)
         with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
-            res = compute_bounds(graph, inp, None, method, labels=yb, optimum=False, **opts)
+            res = method.bound(graph, inp, labels=yb, optimum=False)
             eye = torch.eye(k, dtype=dtype, device=device).expand(len(xb), k, k)
-            logits = compute_bounds(graph, inp, eye, method, bound_upper=True, optimum=False, **opts)
+            logits = method.bound(graph, inp, eye, bound_upper=True, optimum=False)
             # float32 certificates within rounding of 0 count only if float64 confirms them
             margins = recheck_float64(
-                lambda g, sub, ys: scatter_margins(compute_bounds(g, sub, None, method, labels=ys, optimum=False,
-                                                                  **opts).lower, ys, k),
+                lambda g, sub, ys: scatter_margins(method.bound(g, sub, labels=ys, optimum=False).lower, ys, k),
                 graph, inp, yb, scatter_margins(res.lower, yb, k), graph(xb).reshape(len(xb), -1))
         out["margin_lb"].append(margins)
         out["certified"].append((label_column_ignored(margins, yb) > 0).all(1))  # NaN is never > 0
