@@ -154,3 +154,22 @@ def wong_conv(seed=0, dtype=torch.float64, residual=False, channels=1, size=8, k
     prev = add("relu_fc", ReLU())
     prev = add("fc2", Linear(r(k, 12) / 12 ** 0.5, r(k) * 0.1))
     return Graph(nodes, prev, InputSpec((channels, size, size)))
+
+
+def window_conv(seed=0, dtype=torch.float64, groups=1, hw=(20, 14)):
+    """Conv net whose second and third conv layers have receptive fields well inside their input maps (the
+    window / patches path of the intermediate bounds): Normalize, conv k4 s2 p1, BatchNorm, ReLU, conv k3 s1 p1
+    (``groups``), ReLU, conv k3 s2 p0, ReLU, Linear. Input (2, *hw): non-square maps throughout."""
+    from toolkit.ir import BatchNorm
+
+    r = _rand(seed, dtype)
+    pos = lambda *s: r(*s).abs() + 0.5  # noqa: E731
+    h3, w3 = ((d // 2 - 3) // 2 + 1 for d in hw)
+    nodes = [Normalize(torch.tensor([2.0, 3.0], dtype=dtype).reshape(2, 1, 1),
+                       torch.tensor([-1.0, -1.5], dtype=dtype).reshape(2, 1, 1)),
+             Conv2d(r(4, 2, 4, 4) * 0.3, r(4) * 0.1, stride=2, padding=1),
+             BatchNorm(r(4) * 0.1, pos(4), r(4), r(4) * 0.1), ReLU(),
+             Conv2d(r(6, 4 // groups, 3, 3) * 0.3, r(6) * 0.1, padding=1, groups=groups), ReLU(),
+             Conv2d(r(5, 6, 3, 3) * 0.3, r(5) * 0.1, stride=2), ReLU(), Flatten(),
+             Linear(r(4, 5 * h3 * w3) / (5 * h3 * w3) ** 0.5, r(4) * 0.1)]
+    return Graph.sequential(nodes, (2, *hw))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nets import mlp, random_conv, random_mlp, random_pool_net, random_smooth_net
+from nets import mlp, random_conv, random_mlp, random_pool_net, random_smooth_net, window_conv
 from toolkit.attack.pgd import pgd_attack
 from toolkit.bounds import AlphaOptions, BoundMethod, Intermediate, compute_bounds, ibp_bounds
 from toolkit.ir import INPUT
@@ -57,6 +57,7 @@ NETS = {
     "conv_res_norm": lambda s: random_conv(seed=s, residual=True, normalize=True, channels=2, k=5),
     "pool": lambda s: random_pool_net(seed=s),
     "smooth": lambda s: random_smooth_net(seed=s),
+    "windows": lambda s: window_conv(seed=s),   # conv layers whose intermediate bounds use window coefficients
 }
 #: nets built only from ReLU and affine ops (the reconstruction identity applies to them)
 CASES = [(net, seed, box) for net in NETS for seed in (0, 1) for box in (True, False)

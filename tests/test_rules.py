@@ -35,6 +35,8 @@ def test_every_node_type_has_a_complete_rule(node_type):
         assert cls.backward is not ops.Rule.backward
     if rule.forward_form == "linear":
         assert cls.forward_linear is not ops.Rule.forward_linear
+    if rule.patches:
+        assert cls.patch_backward is not ops.Rule.patch_backward
     assert rule.forward_form in ("linear", "relu", "add", "")
 
 

@@ -17,6 +17,7 @@ from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .forward import forward_bounds
 from .ibp import exact_on_box, ibp_bounds
 from .ops import rule_for
+from .patches import concretize_patches, unit_patches
 from .result import BoundResult
 
 #: Default working-set size (elements) for one chunk of intermediate-bound specs.
@@ -29,34 +30,89 @@ def needs_bounds(graph) -> list:
     return [k for k in graph.order if k in need]
 
 
+def patch_chain(graph, key, shapes) -> list | None:
+    """The nodes from ``key`` down to the input when every one is a single-input op whose rule carries window
+    coefficients (``Rule.patches``) on (C, H, W) maps and the windows hold under half the cells of the dense
+    maps along the way (else dense passes are as cheap); None otherwise."""
+    chain, k = [], key
+    while k != INPUT:
+        node, ins = graph.nodes[k], graph.edges[k]
+        if len(ins) != 1 or len(shapes[k]) != 3 or not rule_for(node).patches_for(node):
+            return None
+        chain.append(k)
+        k = ins[0]
+    if len(shapes[INPUT]) != 3:
+        return None
+    windows, dense = _patch_windows(graph, chain, shapes), [math.prod(shapes[graph.edges[k][0]]) for k in chain]
+    return chain if 2 * sum(windows) <= sum(dense) else None
+
+
+def _patch_windows(graph, chain, shapes) -> list:
+    """Cells of each spec's window on the input map of every node of ``chain`` (per sample and spec)."""
+    hw, out = (1, 1), []
+    for k in chain:
+        node = graph.nodes[k]
+        hw = rule_for(node).patch_window(node, hw)
+        out.append(shapes[graph.edges[k][0]][0] * hw[0] * hw[1])
+    return out
+
+
+def _patch_pass(graph, chain, P, bounds, shapes, ctx):
+    """``backward_pass`` on window coefficients along ``chain``: (Patches on the input, constant)."""
+    const = 0.0
+    for k in chain:
+        node, ins = graph.nodes[k], graph.edges[k]
+        ctx.key = k
+        rule = rule_for(node, ctx.method)
+        (P,), c = rule.patch_backward(node, P, [bounds.get(ins[0])] if rule.needs_bounds else None,
+                                      [shapes[ins[0]]], ctx)
+        if c is not None:
+            const = const + c
+    return P, const
+
+
+def _chunk_bounds(graph, key, chain, rows, inp, bounds, shapes, rule, symmetric):
+    """Lower bounds of one chunk's unit specs and, for Fast-Lin's symmetric pass, their upper bounds."""
+    n, shape = inp.lo.shape[0], shapes[key]
+    ctx = BackwardContext(rule, rule, symmetric=symmetric)
+    if chain is not None:
+        P, const = _patch_pass(graph, chain, unit_patches(rows, shape, n, inp.lo, both=not symmetric), bounds,
+                               shapes, ctx)
+        at = lambda extra, upper: concretize_patches(P, const + extra, inp.lo, inp.hi, upper)  # noqa: E731
+    else:
+        g, const = backward_pass(graph, key, unit_specs(rows, shape, n, inp.lo, both=not symmetric), bounds,
+                                 shapes, ctx)
+        at = lambda extra, upper: concretize(g, const + extra, inp.lo, inp.hi, upper)  # noqa: E731
+    return at(0.0, False), (at(ctx.sym_extra, True) if symmetric else None)
+
+
 def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None):
     """Bounds of the neurons of ``key`` (all, or the flat indices ``only``) by backward passes with
     identity specs, in chunks. Returns flat (N, M') lower and upper bounds.
 
     Fast-Lin's lines are parallel, so +e_j alone gives both bounds (upper = g·mid + |g|·rad + const +
-    Σ|ν|·b̄); other rules need ±e_j (2 specs per neuron)."""
+    Σ|ν|·b̄); other rules need ±e_j (2 specs per neuron). A conv layer over a chain of window-capable ops
+    (``patch_chain``) carries each spec's receptive field only (``patches.py``): the same numbers, without
+    the zeros of the dense maps."""
     n, shape = inp.lo.shape[0], shapes[key]
     m = math.prod(shape)
     idx = torch.arange(m, device=inp.lo.device) if only is None else only
     symmetric = rule == "fastlin" and all(rule_for(nd).parallel_lines for _, nd, _ in graph)
     per_spec = 1 if symmetric else 2
-    widest = max(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
+    chain = patch_chain(graph, key, shapes)
+    if chain is not None:
+        # the window temporaries (gathered slopes, bounds, products) are a few times the coefficients
+        widest = 4 * max(_patch_windows(graph, chain, shapes) + [shape[0]])
+    else:
+        widest = max(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
     chunk = max(1, min(m, chunk_elems // max(1, per_spec * n * widest)))
     lows, ups = [], []
     for start in range(0, idx.numel(), chunk):
         rows = idx[start:start + chunk]
         c = rows.numel()
-        A = unit_specs(rows, shape, n, inp.lo, both=not symmetric)
-        ctx = BackwardContext(rule, rule, symmetric=symmetric)
-        g, const = backward_pass(graph, key, A, bounds, shapes, ctx)
-        lb = concretize(g, const, inp.lo, inp.hi)
-        if symmetric:
-            lows.append(lb)
-            ups.append(concretize(g, const + ctx.sym_extra, inp.lo, inp.hi, upper=True))
-        else:
-            lows.append(lb[:, :c])
-            ups.append(-lb[:, c:])
-        del g, A  # free this chunk's coefficients before the next chunk allocates its own
+        lb, ub = _chunk_bounds(graph, key, chain, rows, inp, bounds, shapes, rule, symmetric)
+        lows.append(lb if symmetric else lb[:, :c])
+        ups.append(ub if symmetric else -lb[:, c:])
     return torch.cat(lows, 1), torch.cat(ups, 1)
 
 

@@ -18,6 +18,7 @@ from toolkit.errors import UnsupportedOpError
 from toolkit.ir import nodes as N
 
 from . import kernels
+from .patches import Patches, conv_transpose_patches
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,10 @@ def _same_for_all_samples(A) -> bool:
 #:     a per-cell scale pending on the input (the forward form's ReLU slopes) moves along with the cells.
 #: forward_form: how the Fast-Lin forward form (§2.4) propagates it: "linear" (``forward_linear``), "relu",
 #:     "add", or "" (not supported: the engine falls back to backward passes).
-FACTS = ("needs_bounds", "relu", "parallel_lines", "tight_on_box", "box_preserving", "cell_moving", "forward_form")
+#: patches: ``patch_backward`` carries window coefficients (``patches.Patches``) through the op, so conv
+#:     neurons' intermediate bounds can skip the dense maps (``engine.patch_chain``; else dense passes).
+FACTS = ("needs_bounds", "relu", "parallel_lines", "tight_on_box", "box_preserving", "cell_moving", "forward_form",
+         "patches")
 
 #: float32 unit roundoff (round to nearest).
 U32 = 2.0 ** -24
@@ -87,6 +91,19 @@ class Rule:
     #: Backward rule exists (IBP-only ops raise for linear-relaxation methods).
     has_backward = True
     needs_bounds = relu = parallel_lines = tight_on_box = box_preserving = cell_moving = forward_form = None
+    patches = None
+
+    def patches_for(self, node) -> bool:
+        """``patches`` for this node (a rule may exclude some configurations of its op)."""
+        return bool(self.patches)
+
+    def patch_window(self, node, hw):
+        """The (h, w) window on the op's input that an (h, w) window on its output needs."""
+        return hw
+
+    def patch_backward(self, node, P: Patches, in_bounds, in_shapes, ctx):
+        """``backward`` on window coefficients: ([Patches on the input], constant (N, S) or None)."""
+        raise NotImplementedError(f"{node.op} has no window (patches) rule")
 
     def dense_weight(self, node):
         """The matrix W of an op that is x ↦ W·x + b on flat vectors (the forward form folds pending
@@ -113,7 +130,7 @@ class AffineRule(Rule):
     """Interval rule through centre/radius (exact for affine maps)."""
 
     needs_bounds, relu, parallel_lines, forward_form = False, False, True, "linear"
-    tight_on_box, box_preserving, cell_moving = True, False, False
+    tight_on_box, box_preserving, cell_moving, patches = True, False, False, False
 
     def ibp(self, node, bounds):
         lo, hi = bounds
@@ -154,6 +171,18 @@ class LinearRule(AffineRule):
 
 
 class Conv2dRule(AffineRule):
+    patches = True
+
+    def patches_for(self, node):
+        return tuple(node.dilation) == (1, 1)
+
+    def patch_window(self, node, hw):
+        return tuple((h - 1) * st + k for h, st, k in zip(hw, node.stride, node.weight.shape[2:]))
+
+    def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
+        bias = (P.data.sum((-1, -2)) * node.bias).sum(-1)   # cells outside the map are already 0
+        return [conv_transpose_patches(P, node.weight, node.stride, node.padding, node.groups, in_shapes[0][1:])], bias
+
     def abs_linear(self, node, rad):
         return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)
 
@@ -261,7 +290,7 @@ class AvgPoolRule(ReshapeRule):
 class ElementwiseAffineRule(AffineRule):
     """Normalize and BatchNorm: y = x * scale + shift."""
 
-    box_preserving = True
+    box_preserving = patches = True
     #: The importer re-expresses the constants (Normalize: 1/std and −mean/std in float32).
     reexpressed_constants = False
 
@@ -284,6 +313,11 @@ class ElementwiseAffineRule(AffineRule):
         scale, shift = self._scale_shift(node, mid)
         return mid * scale + shift - rad * scale.abs(), mid * scale + shift + rad * scale.abs()
 
+    def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
+        scale, shift = node.scale_shift()
+        full = lambda t: P.gather(t.expand(in_shapes[0]).unsqueeze(0))  # noqa: E731  (1, S, C, h, w)
+        return [Patches(P.data * full(scale), P.corner)], P.flat_sum(full(shift))
+
     def backward(self, node, A, in_bounds, in_shapes, ctx):
         scale, shift = self._scale_shift(node, A[0])  # A[0]: (S, *shape), laid out like a batch
         n, s = A.shape[:2]
@@ -299,7 +333,7 @@ class NormalizeRule(ElementwiseAffineRule):
 
 class AddRule(Rule):
     needs_bounds, relu, parallel_lines, forward_form = False, False, True, "add"
-    tight_on_box = box_preserving = cell_moving = False  # two inputs: a sum of correlated terms
+    tight_on_box = box_preserving = cell_moving = patches = False  # two inputs: a sum of correlated terms
 
     def float_error(self, node, E, M, rounding):
         return E[0] + E[1] + rounding.gamma(0) * (M[0] + E[0] + M[1] + E[1])
@@ -321,9 +355,25 @@ class ReLURule(Rule):
 
     needs_bounds, relu, parallel_lines, forward_form = True, True, True, "relu"
     tight_on_box = box_preserving = cell_moving = False
+    patches = True
 
     def float_error(self, node, E, M, rounding):
         return E[0]  # max(x, 0) is exact and 1-Lipschitz
+
+    def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
+        if ctx.alphas is not None or ctx.recording:
+            raise NotImplementedError("α slopes and the recorded optimum are dense (N, S, *shape) tensors")
+        l, u = in_bounds[0]
+        rel = ctx.relaxation(node, l, u)
+        lo = rel.lower_slope.squeeze(1)
+        # one gather for the three maps; cells outside the map read 0: their coefficients become 0 here
+        lo, d, b = P.gather(torch.cat([lo, rel.upper_slope.squeeze(1) - lo, rel.upper_intercept.squeeze(1)], 1)
+                            ).chunk(3, 2)
+        a = P.data
+        a_neg = a * (a <= 0).to(a.dtype) if a.requires_grad else a.clamp(max=0)   # as in ``_rule``
+        if ctx.symmetric:
+            ctx.add_sym_extra((a.abs() * b).flatten(2).sum(-1))
+        return [Patches(torch.addcmul(lo * a, a_neg, d), P.corner)], (a_neg * b).flatten(2).sum(-1)
 
     def ibp(self, node, bounds):
         return torch.relu(bounds[0]), torch.relu(bounds[1])
@@ -382,7 +432,7 @@ class MonotoneRule(Rule):
     """
 
     needs_bounds, relu, parallel_lines, forward_form = True, False, False, ""
-    tight_on_box = box_preserving = cell_moving = False
+    tight_on_box = box_preserving = cell_moving = patches = False
     #: Lipschitz constant, for the float error model: the input error passes through scaled by it, and the
     #: float32 library function adds its own error (≤ 2^-18 + 2^-20 absolute on these bounded outputs).
     lipschitz = None
@@ -405,7 +455,7 @@ class MaxPoolRule(Rule):
     upper line = the constant max of the upper bounds. Both sound; the interval rule is exact."""
 
     needs_bounds, relu, parallel_lines, forward_form = True, False, False, ""
-    tight_on_box = box_preserving = cell_moving = False
+    tight_on_box = box_preserving = cell_moving = patches = False
 
     def float_error(self, node, E, M, rounding):
         return node(E[0])  # max is exact and 1-Lipschitz per window

@@ -1,0 +1,122 @@
+"""Local coefficients ("patches") for the intermediate bounds of conv layers (auto_LiRPA's patches mode, for
+the chain of single-input ops below a conv layer).
+
+The bound of one conv neuron depends on its receptive field only. A dense backward pass carries its spec as
+(N, specs, C, H, W) coefficients on every earlier map, almost all zeros; here each spec carries just its
+window, (N, S, C, h, w), with the window's top-left cell per spec, ``corner`` (S, 2), in the current map's
+(row, col) coordinates. Starting from a 1×1 window (the unit spec e_j) a conv's transpose grows the window to
+((h − 1)·stride + k) and moves the corner to corner·stride − padding; element-wise rules read their per-cell
+slopes, bounds or constants at the window's cells (``Patches.gather``). Cells of a window outside the map
+stand for a conv's zero padding: their coefficients are zeroed (``Patches.masked``), so they add nothing to
+any constant or bound. The numbers are those of the dense pass (a test compares them); only the zeros are
+never stored or multiplied. Which ops can do this is each rule's ``patches`` fact and ``patch_backward``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Patches:
+    """Coefficients ``data`` (N, S, C, h, w) on the window of each spec, the window at ``corner`` (S, 2)."""
+
+    data: torch.Tensor
+    corner: torch.Tensor
+
+    @property
+    def window(self):
+        return self.data.shape[-2:]
+
+    def _indices(self):
+        h, w = self.window
+        dev = self.corner.device
+        rows = self.corner[:, :1] + torch.arange(h, device=dev)    # (S, h)
+        cols = self.corner[:, 1:] + torch.arange(w, device=dev)    # (S, w)
+        return rows, cols
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Values of the per-sample map ``t`` (N or 1, C, H, W) at every spec's window: (N or 1, S, C, h, w),
+        0 on cells outside the map. Every window of the (zero-padded) map is laid out once (``unfold``: a
+        row of C·h·w per position), then each spec copies its position's row: contiguous copies instead of
+        an element-wise gather."""
+        h, w = self.window
+        n, c, H, W = t.shape
+        rows, cols = self.corner[:, 0], self.corner[:, 1]
+        top, left = max(0, -int(rows.min())), max(0, -int(cols.min()))
+        bottom, right = max(0, int(rows.max()) + h - H), max(0, int(cols.max()) + w - W)
+        if top or left or bottom or right:
+            t = F.pad(t, (left, right, top, bottom))
+        per_position = F.unfold(t, (h, w)).transpose(1, 2).contiguous()      # (N, L, C·h·w)
+        pos = (rows + top) * (t.shape[-1] - w + 1) + (cols + left)
+        return per_position.index_select(1, pos).reshape(n, -1, c, h, w)
+
+    def masked(self, H: int, W: int) -> "Patches":
+        """Zero the coefficients of cells outside an (H, W) map (a conv's zero padding)."""
+        rows, cols = self._indices()
+        if int(rows.min()) >= 0 and int(cols.min()) >= 0 and int(rows.max()) < H and int(cols.max()) < W:
+            return self
+        valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]   # (S, h, w)
+        d = self.data
+        if d.shape[0] > 1 and d.stride(0) == 0:   # the same for every sample: mask one copy
+            return Patches((d[:1] * valid[:, None].to(d.dtype)).expand(d.shape), self.corner)
+        return Patches(d * valid[:, None].to(d.dtype), self.corner)
+
+    def flat_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over each window of data·t (t broadcastable to data): (N, S)."""
+        return (self.data * t).flatten(2).sum(-1)
+
+
+def unit_patches(rows: torch.Tensor, shape, n: int, like: torch.Tensor, both: bool = True) -> Patches:
+    """``backward.unit_specs`` as 1×1 windows: spec e_j for each flat index of ``rows`` in a (C, H, W) map
+    (then −e_j too when ``both``), expanded over the batch without copying."""
+    c, H, W = shape
+    ch, cell = rows // (H * W), rows % (H * W)
+    k = rows.numel()
+    E = torch.zeros(k, c, 1, 1, dtype=like.dtype, device=like.device)
+    E[torch.arange(k, device=like.device), ch] = 1.0
+    corner = torch.stack([cell // W, cell % W], 1)
+    if both:
+        E, corner = torch.cat([E, -E]), torch.cat([corner, corner])
+    return Patches(E.unsqueeze(0).expand(n, *E.shape), corner)
+
+
+def concretize_patches(P: Patches, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                       upper: bool = False) -> torch.Tensor:
+    """``backward.concretize`` for window coefficients on the input: const + g·mid ∓ |g|·rad per window."""
+    mid, rad = P.gather(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1)).chunk(2, 2)
+    spread = (P.data.abs() * rad).flatten(2).sum(-1)
+    return const + P.flat_sum(mid) + (spread if upper else -spread)
+
+
+def conv_transpose_patches(P: Patches, weight, stride, padding, groups, in_hw) -> Patches:
+    """Window coefficients on a conv's output → on its input: the full transpose of each window (no output
+    cropping), the corner moved to corner·stride − padding, cells outside the input map zeroed.
+
+    As one matrix product (every window cell's channel vector times the kernel matrix) and one strided add per
+    kernel offset (the overlapping kernel copies summed into place): the backend's transposed convolution, and
+    ``fold``, are slow on these tiny maps with a huge batch of specs."""
+    n, s = P.data.shape[:2]
+    same = n > 1 and P.data.stride(0) == 0   # identical for every sample (before the first nonlinearity)
+    d = P.data[:1] if same else P.data
+    co, h, w = d.shape[2:]
+    kh, kw = weight.shape[2:]
+    size = ((h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
+    if groups == 1:
+        cols = d.reshape(-1, co, h * w).transpose(1, 2) @ weight.reshape(co, -1)   # (N·S, h·w, C_in·kh·kw)
+        cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
+        out = cols.new_zeros(cols.shape[0], weight.shape[1], *size)
+        for p in range(kh):          # each kernel offset adds one strided copy of the windows (fold)
+            for q in range(kw):
+                out[:, :, p:p + (h - 1) * stride[0] + 1:stride[0], q:q + (w - 1) * stride[1] + 1:stride[1]] += \
+                    cols[..., p, q].permute(0, 3, 1, 2)
+    else:
+        out = F.conv_transpose2d(d.reshape(-1, co, h, w), weight, None, stride, 0, 0, groups)
+    out = out.reshape(d.shape[0], s, *out.shape[1:])
+    if same:
+        out = out.expand(n, *out.shape[1:])
+    dev = P.corner.device
+    corner = P.corner * torch.as_tensor(stride, device=dev) - torch.as_tensor(padding, device=dev)
+    return Patches(out, corner).masked(*in_hw)
