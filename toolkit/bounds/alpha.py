@@ -26,8 +26,10 @@ import torch
 from toolkit.spec import InputSet
 
 from .backward import BackwardContext, backward_pass, concretize, unit_specs
+from .engine import _patch_pass, _patch_windows, patch_chain, patch_geometry
 from .ibp import exact_on_box
 from .ops import rule_for
+from .patches import Patches, concretize_patches, unit_patches
 from .relu import relax
 
 SCOPES = ("all", "final")
@@ -111,11 +113,18 @@ def _ancestor_relus(graph, key):
 
 def _cost(graph, shapes, layers, n_final):
     """Elements per sample that one iteration holds: slopes (with Adam's two moments) and the coefficient
-    tensors autograd keeps along each backward pass (≈ specs × the sizes of the nodes it crosses)."""
+    tensors autograd keeps along each backward pass (≈ specs × the sizes of the nodes it crosses; a layer on
+    window coefficients: × its windows)."""
     total = 0
     for key, specs in [(k, 2 * rows.numel()) for k, rows in layers] + [(graph.output, n_final)]:
-        slopes = sum(math.prod(shapes[r]) for r in _ancestor_relus(graph, key))
-        crossed = sum(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
+        chain = patch_chain(graph, key, shapes) if key != graph.output else None
+        if chain is not None:
+            windows = _patch_windows(graph, chain, shapes)
+            slopes = sum(w for k, w in zip(chain[1:], windows) if rule_for(graph.nodes[k]).relu)
+            crossed = sum(windows)
+        else:
+            slopes = sum(math.prod(shapes[r]) for r in _ancestor_relus(graph, key))
+            crossed = sum(math.prod(shapes[k]) for k in graph.order[:graph.order.index(key) + 1])
         total += specs * (3 * slopes + 4 * crossed)  # calibrated on MNIST Small: 96 M elements, 377 MiB peak
     return total
 
@@ -133,8 +142,12 @@ class _Slopes:
     shapes: dict  # ReLU key -> the layer's shape
 
     def dense(self) -> dict:
+        """Per ReLU: (N, S, *shape), or a window layer's (N, S, C, h, w) slopes as they are (no ``index``)."""
         out = {}
         for r, v in self.values.items():
+            if r not in self.index:
+                out[r] = v
+                continue
             n, s, _ = v.shape
             full = v.new_zeros(n, s, math.prod(self.shapes[r])).index_copy(2, self.index[r], v)
             out[r] = full.reshape(n, s, *self.shapes[r])
@@ -153,16 +166,36 @@ def _start_slopes(graph, bounds, relus, n, s) -> _Slopes:
     return slopes
 
 
+def _start_window_slopes(graph, bounds, chain, rows, shapes, like) -> _Slopes:
+    """CROWN's adaptive lower slopes as the starting point of a layer bounded on window coefficients
+    (``engine.patch_chain``): one per (sample, spec, cell of the spec's window at each ReLU), (N, S, C, h, w).
+    A spec's coefficients vanish outside its window, so these are all the slopes its bound can depend on."""
+    corner = unit_patches(rows, shapes[chain[0]], 1, like).corner
+    slopes = _Slopes({}, {}, {})
+    for k, c, hw in patch_geometry(graph, chain, corner)[:-1]:
+        if rule_for(graph.nodes[k]).relu:
+            l, u = bounds[graph.edges[k][0]]
+            window = Patches(l.new_empty(1, c.shape[0], l.shape[1], *hw), c)
+            start = window.gather(relax(l, u, "crown").lower_slope.squeeze(1))
+            slopes.values[k] = start.clone().requires_grad_(True)
+    return slopes
+
+
 def _sweep(graph, inp, C, best, shapes, layers, alphas):
     """One differentiable CROWN pass with slopes ``alphas``: the re-bounded layers in topological order, each
     intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds, the
     final pass's dense slopes)."""
     n, b = len(inp), dict(best)
     for key, rows in layers:
-        A = unit_specs(rows, shapes[key], n, inp.lo)
         ctx = BackwardContext("alpha-crown", "crown", alphas[key].dense())
-        g, const = backward_pass(graph, key, A, b, shapes, ctx)
-        lb, c = concretize(g, const, inp.lo, inp.hi), rows.numel()
+        chain = patch_chain(graph, key, shapes)
+        if chain is not None:   # the layer's specs on window coefficients (``patches.py``)
+            P, const = _patch_pass(graph, chain, unit_patches(rows, shapes[key], n, inp.lo), b, shapes, ctx)
+            lb = concretize_patches(P, const, inp.lo, inp.hi)
+        else:
+            g, const = backward_pass(graph, key, unit_specs(rows, shapes[key], n, inp.lo), b, shapes, ctx)
+            lb = concretize(g, const, inp.lo, inp.hi)
+        c = rows.numel()
         l0, u0 = (t.reshape(n, -1) for t in best[key])
         l, u = l0.clone(), u0.clone()
         l[:, rows] = torch.maximum(lb[:, :c], l0[:, rows])
@@ -178,7 +211,9 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
     """Adam on every slope of one sub-batch; returns (best lower, best bounds, best final slopes)."""
     n, s = C.shape[:2]
     with torch.enable_grad():
-        alphas = {key: _start_slopes(graph, bounds, _ancestor_relus(graph, key), n, 2 * rows.numel())
+        alphas = {key: _start_window_slopes(graph, bounds, chain, rows, shapes, inp.lo)
+                  if (chain := patch_chain(graph, key, shapes)) is not None
+                  else _start_slopes(graph, bounds, _ancestor_relus(graph, key), n, 2 * rows.numel())
                   for key, rows in layers}
         alphas[graph.output] = _start_slopes(graph, bounds, _ancestor_relus(graph, graph.output), n, s)
         params = [a for per_key in alphas.values() for a in per_key.values.values()]

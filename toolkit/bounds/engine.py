@@ -47,14 +47,21 @@ def patch_chain(graph, key, shapes) -> list | None:
     return chain if 2 * sum(windows) <= sum(dense) else None
 
 
-def _patch_windows(graph, chain, shapes) -> list:
-    """Cells of each spec's window on the input map of every node of ``chain`` (per sample and spec)."""
+def patch_geometry(graph, chain, corner) -> list:
+    """(key, corner, (h, w)) of the window on the output map of each node of ``chain``, then on the input's,
+    for specs starting as 1×1 windows at ``corner`` on the chain's first node."""
     hw, out = (1, 1), []
     for k in chain:
+        out.append((k, corner, hw))
         node = graph.nodes[k]
-        hw = rule_for(node).patch_window(node, hw)
-        out.append(shapes[graph.edges[k][0]][0] * hw[0] * hw[1])
-    return out
+        corner, hw = rule_for(node).patch_geometry(node, corner, hw)
+    return out + [(INPUT, corner, hw)]
+
+
+def _patch_windows(graph, chain, shapes) -> list:
+    """Cells of each spec's window on the input map of every node of ``chain`` (per sample and spec)."""
+    geometry = patch_geometry(graph, chain, torch.zeros(1, 2, dtype=torch.long))
+    return [shapes[k][0] * hw[0] * hw[1] for k, _, hw in geometry[1:]]
 
 
 def _patch_pass(graph, chain, P, bounds, shapes, ctx):

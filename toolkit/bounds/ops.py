@@ -19,6 +19,7 @@ from toolkit.ir import nodes as N
 
 from . import kernels
 from .patches import Patches, conv_transpose_patches
+from .relu import relax
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
@@ -97,9 +98,10 @@ class Rule:
         """``patches`` for this node (a rule may exclude some configurations of its op)."""
         return bool(self.patches)
 
-    def patch_window(self, node, hw):
-        """The (h, w) window on the op's input that an (h, w) window on its output needs."""
-        return hw
+    def patch_geometry(self, node, corner, hw):
+        """(corner (S, 2), (h, w)) of the window on the op's input that a window at ``corner`` of size ``hw``
+        on its output needs (element-wise ops: the same)."""
+        return corner, hw
 
     def patch_backward(self, node, P: Patches, in_bounds, in_shapes, ctx):
         """``backward`` on window coefficients: ([Patches on the input], constant (N, S) or None)."""
@@ -176,12 +178,15 @@ class Conv2dRule(AffineRule):
     def patches_for(self, node):
         return tuple(node.dilation) == (1, 1)
 
-    def patch_window(self, node, hw):
-        return tuple((h - 1) * st + k for h, st, k in zip(hw, node.stride, node.weight.shape[2:]))
+    def patch_geometry(self, node, corner, hw):
+        stride, pad = (torch.as_tensor(v, device=corner.device) for v in (node.stride, node.padding))
+        return corner * stride - pad, tuple((h - 1) * st + k for h, st, k in zip(hw, node.stride,
+                                                                                   node.weight.shape[2:]))
 
     def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
         bias = (P.data.sum((-1, -2)) * node.bias).sum(-1)   # cells outside the map are already 0
-        return [conv_transpose_patches(P, node.weight, node.stride, node.padding, node.groups, in_shapes[0][1:])], bias
+        corner, _ = self.patch_geometry(node, P.corner, P.window)
+        return [conv_transpose_patches(P, node.weight, node.stride, corner, node.groups, in_shapes[0][1:])], bias
 
     def abs_linear(self, node, rad):
         return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)
@@ -361,14 +366,19 @@ class ReLURule(Rule):
         return E[0]  # max(x, 0) is exact and 1-Lipschitz
 
     def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
-        if ctx.alphas is not None or ctx.recording:
-            raise NotImplementedError("α slopes and the recorded optimum are dense (N, S, *shape) tensors")
+        if ctx.recording:
+            raise NotImplementedError("the recorded optimum is a dense (N, S, *shape) tensor")
         l, u = in_bounds[0]
-        rel = ctx.relaxation(node, l, u)
-        lo = rel.lower_slope.squeeze(1)
-        # one gather for the three maps; cells outside the map read 0: their coefficients become 0 here
-        lo, d, b = P.gather(torch.cat([lo, rel.upper_slope.squeeze(1) - lo, rel.upper_intercept.squeeze(1)], 1)
-                            ).chunk(3, 2)
+        rel = relax(l, u, ctx.slope_rule)
+        maps = [rel.lower_slope.squeeze(1), rel.upper_slope.squeeze(1), rel.upper_intercept.squeeze(1)]
+        alpha = ctx.alphas.get(ctx.key) if ctx.alphas is not None else None
+        if alpha is not None:   # α-CROWN's slopes on this window (``alpha.py``): (N, S, C, h, w)
+            maps.append(rel.unstable.to(l.dtype))
+        # one gather for all maps; cells outside the map read 0: their coefficients become 0 here
+        lo, up, b, *unstable = P.gather(torch.cat(maps, 1)).chunk(len(maps), 2)
+        if alpha is not None:   # value clamped to [0, 1], gradient straight through (as ``BackwardContext``)
+            lo = torch.where(unstable[0] > 0, alpha + (alpha.clamp(0, 1) - alpha).detach(), lo)
+        d = up - lo
         a = P.data
         a_neg = a * (a <= 0).to(a.dtype) if a.requires_grad else a.clamp(max=0)   # as in ``_rule``
         if ctx.symmetric:

@@ -91,9 +91,9 @@ def concretize_patches(P: Patches, const: torch.Tensor, lo: torch.Tensor, hi: to
     return const + P.flat_sum(mid) + (spread if upper else -spread)
 
 
-def conv_transpose_patches(P: Patches, weight, stride, padding, groups, in_hw) -> Patches:
+def conv_transpose_patches(P: Patches, weight, stride, corner, groups, in_hw) -> Patches:
     """Window coefficients on a conv's output → on its input: the full transpose of each window (no output
-    cropping), the corner moved to corner·stride − padding, cells outside the input map zeroed.
+    cropping), placed at ``corner`` (the rule's ``patch_geometry``), cells outside the input map zeroed.
 
     As one matrix product (every window cell's channel vector times the kernel matrix) and one strided add per
     kernel offset (the overlapping kernel copies summed into place): the backend's transposed convolution, and
@@ -117,6 +117,4 @@ def conv_transpose_patches(P: Patches, weight, stride, padding, groups, in_hw) -
     out = out.reshape(d.shape[0], s, *out.shape[1:])
     if same:
         out = out.expand(n, *out.shape[1:])
-    dev = P.corner.device
-    corner = P.corner * torch.as_tensor(stride, device=dev) - torch.as_tensor(padding, device=dev)
     return Patches(out, corner).masked(*in_hw)
