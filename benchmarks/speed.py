@@ -368,12 +368,17 @@ def _verdict(a, b) -> str:
 WHY = """Why rows miss or are absent:
 
 - `alpha-crown` (all layers): ours re-bounds every intermediate layer with slopes of its own per (sample,
-  neuron spec, earlier neuron) and keeps that autograd graph, which costs memory on every net and time on the
-  conv nets; it also ends tighter on every net. auto_LiRPA 0.7.1 under torch 2.14 barely optimises: its
-  `alpha-crown/final` mean bound equals its CROWN bound on the MLPs and on cifar_base_kw (see the main table),
-  so the two are not doing the same work. Ours keeps slopes only for unstable neurons (sparse α, as auto_LiRPA);
-  the remaining cost on the conv nets is the dense (N, specs, C, H, W) coefficients of each intermediate
-  layer's backward pass, where auto_LiRPA's patches mode carries each neuron's receptive field only.
+  neuron spec, earlier neuron) and keeps that autograd graph, which costs memory on the MLPs (1.56–1.61×); it
+  also ends tighter on every net. auto_LiRPA 0.7.1 under torch 2.14 barely optimises: its `alpha-crown/final`
+  mean bound equals its CROWN bound on the MLPs and on cifar_base_kw (see the main table), so the two are not
+  doing the same work. Conv layers over a chain of single-input ops are bounded on window coefficients (each
+  neuron's receptive field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`), with one slope per
+  window cell, and fully connected layers keep slopes only for unstable neurons (sparse α). What is left on
+  `small` (1.66× time, 2.15× tensor memory): its fully connected layer's re-bounding and the final pass still
+  carry dense (N, specs, C, H, W) coefficients through both conv layers, and with the windows the whole batch
+  of 10 now fits one α sub-batch (2^28 elements), so autograd holds all of it at once; a profile of 5 iterations
+  shows copies (20 %), element-wise products and sums (22 %) and the window gathers (8 %), not arithmetic.
+  mnist_256x2's 1.05× was 0.70× in an earlier run of the same code: noise.
 - `crown-ibp` on the 2×100 MLP: a difference of about one MiB of tensors.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
