@@ -2,8 +2,10 @@
 
 What a method *is* (which intermediate bounds, which final relaxation, which options) lives in
 ``methods.py``; this module computes the pieces: ``intermediate_bounds`` for each intermediate-bound mode
-("ibp", "fastlin" forward or backward form, "crown", "proj" with Cauchy projections), ``final_pass`` (one
-backward pass of the specs with a lower-slope rule) and ``sanitize`` (NaN/inf is never certified).
+("ibp", "fastlin" forward or backward form, "crown", "proj" with Cauchy projections), the per-neuron passes
+behind them on dense or, for conv layers over a chain of window-capable ops, window coefficients
+(``patch_chain``, ``patches.py``), ``final_pass`` (one backward pass of the specs with a lower-slope rule)
+and ``sanitize`` (NaN/inf is never certified).
 """
 from __future__ import annotations
 
