@@ -368,17 +368,19 @@ def _verdict(a, b) -> str:
 WHY = """Why rows miss or are absent:
 
 - `alpha-crown` (all layers): ours re-bounds every intermediate layer with slopes of its own per (sample,
-  neuron spec, earlier neuron) and keeps that autograd graph, which costs memory on the MLPs (1.56–1.61×); it
-  also ends tighter on every net. auto_LiRPA 0.7.1 under torch 2.14 barely optimises: its `alpha-crown/final`
-  mean bound equals its CROWN bound on the MLPs and on cifar_base_kw (see the main table), so the two are not
-  doing the same work. Conv layers over a chain of single-input ops are bounded on window coefficients (each
-  neuron's receptive field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`), with one slope per
-  window cell, and fully connected layers keep slopes only for unstable neurons (sparse α). What is left on
-  `small` (1.66× time, 2.15× tensor memory): its fully connected layer's re-bounding and the final pass still
-  carry dense (N, specs, C, H, W) coefficients through both conv layers, and with the windows the whole batch
-  of 10 now fits one α sub-batch (2^28 elements), so autograd holds all of it at once; a profile of 5 iterations
+  neuron spec, earlier neuron) and keeps that autograd graph, which costs memory on the MLPs; it also ends
+  tighter on every net, by far on mnist_256x2. auto_LiRPA 0.7.1 under torch 2.14 barely optimises: its
+  `alpha-crown/final` mean bound equals its CROWN bound on the MLPs and on cifar_base_kw, and its full α on
+  mnist_256x2 ends looser than its own CROWN (see the main table), so the two are not doing the same work.
+  Conv layers over a chain of single-input ops are bounded on window coefficients (each neuron's receptive
+  field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one slope per window cell, fully
+  connected layers keep slopes only for unstable neurons (sparse α), and Adam runs fused. What is left on
+  `small`: its fully connected layer's re-bounding and the final pass still carry dense (N, specs, C, H, W)
+  coefficients through both conv layers, and with the windows the whole batch of 10 fits one α sub-batch
+  (2^28 elements), so autograd holds all of it at once (more memory, less time); a profile of 5 iterations
   shows copies (20 %), element-wise products and sums (22 %) and the window gathers (8 %), not arithmetic.
-  mnist_256x2's 1.05× was 0.70× in an earlier run of the same code: noise.
+  mnist_256x2's time ratio moves between runs of the same code (0.70× to 1.19×), with auto_LiRPA's α ending
+  looser there.
 - `crown-ibp` on the 2×100 MLP: a difference of about one MiB of tensors.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
