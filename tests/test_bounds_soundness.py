@@ -289,6 +289,25 @@ def test_alpha_crown_sub_batches_and_fallback():
     assert compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=2).alpha_scope == "all"
 
 
+def test_alpha_crown_groups_smaller_than_the_budget_run_each_sample_alone(monkeypatch):
+    """``kernels.ALPHA_GROUP_ELEMS`` (cache-sized sub-batches) only regroups samples: one per sub-batch when a
+    single sample exceeds it, never the final-pass fallback while the budget holds; the same numbers."""
+    from toolkit.bounds import alpha as A
+    from toolkit.bounds import kernels
+
+    c = case("mlp_deep", 0, True)
+    run = lambda: compute_bounds(c.graph, c.inp, c.C, "alpha-crown", alpha_iters=3, optimum=False)  # noqa: E731
+    whole = run()
+    monkeypatch.setattr(kernels, "ALPHA_GROUP_ELEMS", 1)
+    seen = []
+    plan = A._plan
+    monkeypatch.setattr(A, "_plan", lambda *a, **k: seen.append(plan(*a, **k)) or seen[-1])
+    alone = run()
+    assert [(i, j, fell) for i, j, _, fell in seen[0]] == [(i, i + 1, False) for i in range(len(c.inp))]
+    assert alone.alpha_scope == whole.alpha_scope == "all"
+    assert torch.allclose(alone.lower, whole.lower, rtol=1e-12, atol=1e-12)
+
+
 def test_alpha_crown_deadline_stops_at_crowns_slopes():
     """A deadline already passed leaves only the first iteration, CROWN's own slopes: CROWN's numbers."""
     import time

@@ -25,6 +25,7 @@ import torch
 
 from toolkit.spec import InputSet
 
+from . import kernels
 from .backward import BackwardContext, backward_pass, concretize, unit_specs
 from .engine import _patch_pass, _patch_windows, patch_chain, patch_geometry
 from .ibp import exact_on_box
@@ -63,10 +64,12 @@ def optimise_alpha(graph, inp: InputSet, C, bounds, shapes, needs, iters, lr, sc
 
 
 def _plan(graph, bounds, shapes, needs, n_final, budget, intermediate):
-    """Sub-batches (start, stop, layers to re-bound, fell back) in sample order, each within ``budget``
-    elements for the union of its samples' unstable neurons; a sample that alone does not fit is a
-    sub-batch of its own with the final pass only."""
-    n, plan, start = next(iter(bounds.values()))[0].shape[0], [], 0
+    """Sub-batches (start, stop, layers to re-bound, fell back) in sample order, each within
+    ``kernels.alpha_group_elems`` (≤ ``budget``) elements for the union of its samples' unstable neurons; a
+    sample that alone needs more runs alone when it fits ``budget``, else with the final pass only."""
+    first = next(iter(bounds.values()))[0]
+    n, plan, start = first.shape[0], [], 0
+    group = kernels.alpha_group_elems(first.device, budget)
     layers_of = lambda i, j: _layers(graph, _rows(bounds, i, j), needs) if intermediate else []  # noqa: E731
     cost = lambda i, j, layers: (j - i) * _cost(graph, shapes, layers, n_final)  # noqa: E731
     while start < n:
@@ -74,7 +77,7 @@ def _plan(graph, bounds, shapes, needs, n_final, budget, intermediate):
         if cost(start, stop, layers) > budget:
             plan.append((start, stop, [], True))
         else:
-            while stop < n and cost(start, stop + 1, grown := layers_of(start, stop + 1)) <= budget:
+            while stop < n and cost(start, stop + 1, grown := layers_of(start, stop + 1)) <= group:
                 stop, layers = stop + 1, grown
             plan.append((start, stop, layers, False))
         start = stop

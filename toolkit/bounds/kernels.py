@@ -26,6 +26,17 @@ RELU_BLOCK_ELEMS = 2 ** 19
 GPU_BLOCK_ELEMS = 2 ** 24
 
 
+#: α-CROWN groups samples into sub-batches of at most this many working-set elements on CPU (a sample needing
+#: more still runs alone, up to the α budget): smaller groups stay closer to the caches. Measured on MNIST Small
+#: and cifar_base_kw, 10 samples, 20 iterations (2^28 → 2^26): 33 → 27 s and 988 → 289 MiB, 21 → 15 s and
+#: 332 → 186 MiB, the same bounds. On a GPU only memory counts: the group is the whole budget.
+ALPHA_GROUP_ELEMS = 2 ** 26
+
+
+def alpha_group_elems(device: torch.device, budget: int) -> int:
+    return min(budget, ALPHA_GROUP_ELEMS) if device.type == "cpu" else budget
+
+
 def block_elems(t: torch.Tensor, cpu_elems: int) -> int:
     return cpu_elems if t.device.type == "cpu" else GPU_BLOCK_ELEMS
 
