@@ -374,11 +374,11 @@ WHY = """Why rows miss or are absent:
   mnist_256x2 ends looser than its own CROWN (see the main table), so the two are not doing the same work.
   Conv layers over a chain of single-input ops are bounded on window coefficients (each neuron's receptive
   field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one slope per window cell, fully
-  connected layers keep slopes only for unstable neurons (sparse α), and Adam runs fused. What is left on
-  `small`: its fully connected layer's re-bounding and the final pass still carry dense (N, specs, C, H, W)
-  coefficients through both conv layers, and with the windows the whole batch of 10 fits one α sub-batch
-  (2^28 elements), so autograd holds all of it at once (more memory, less time); a profile of 5 iterations
-  shows copies (20 %), element-wise products and sums (22 %) and the window gathers (8 %), not arithmetic.
+  connected layers keep slopes only for unstable neurons (sparse α), Adam runs fused, and samples are grouped
+  into cache-sized sub-batches (`kernels.ALPHA_GROUP_ELEMS`). What is left on `small`: its fully connected
+  layer's re-bounding and the final pass still carry dense (N, specs, C, H, W) coefficients through both conv
+  layers; a profile of 5 iterations shows copies (20 %), element-wise products and sums (22 %) and the window
+  gathers (8 %), not arithmetic.
   mnist_256x2's time ratio moves between runs of the same code (0.70× to 1.19×), with auto_LiRPA's α ending
   looser there.
 - `crown-ibp` on the 2×100 MLP: a difference of about one MiB of tensors.
