@@ -26,11 +26,11 @@ import torch
 from toolkit.spec import InputSet
 
 from . import kernels
-from .backward import BackwardContext, backward_pass, concretize, unit_specs
-from .engine import _patch_pass, _patch_windows, patch_chain, patch_geometry
+from .backward import BackwardContext, backward_pass, concretize
+from .engine import _patch_windows, patch_chain, patch_geometry, unit_spec_bounds
 from .ibp import exact_on_box
 from .ops import rule_for
-from .patches import Patches, concretize_patches, unit_patches
+from .patches import unit_patches, window_values
 from .relu import relax
 
 SCOPES = ("all", "final")
@@ -178,8 +178,7 @@ def _start_window_slopes(graph, bounds, chain, rows, shapes, like) -> _Slopes:
     for k, c, hw in patch_geometry(graph, chain, corner)[:-1]:
         if rule_for(graph.nodes[k]).relu:
             l, u = bounds[graph.edges[k][0]]
-            window = Patches(l.new_empty(1, c.shape[0], l.shape[1], *hw), c)
-            start = window.gather(relax(l, u, "crown").lower_slope.squeeze(1))
+            start = window_values(relax(l, u, "crown").lower_slope.squeeze(1), c, hw)
             slopes.values[k] = start.clone().requires_grad_(True)
     return slopes
 
@@ -191,13 +190,7 @@ def _sweep(graph, inp, C, best, shapes, layers, alphas):
     n, b = len(inp), dict(best)
     for key, rows in layers:
         ctx = BackwardContext("alpha-crown", "crown", alphas[key].dense())
-        chain = patch_chain(graph, key, shapes)
-        if chain is not None:   # the layer's specs on window coefficients (``patches.py``)
-            P, const = _patch_pass(graph, chain, unit_patches(rows, shapes[key], n, inp.lo), b, shapes, ctx)
-            lb = concretize_patches(P, const, inp.lo, inp.hi)
-        else:
-            g, const = backward_pass(graph, key, unit_specs(rows, shapes[key], n, inp.lo), b, shapes, ctx)
-            lb = concretize(g, const, inp.lo, inp.hi)
+        lb, _ = unit_spec_bounds(graph, key, patch_chain(graph, key, shapes), rows, inp, b, shapes, ctx)
         c = rows.numel()
         l0, u0 = (t.reshape(n, -1) for t in best[key])
         l, u = l0.clone(), u0.clone()

@@ -49,13 +49,16 @@ class BackwardContext:
     def relaxation(self, node, l, u):
         rel = relax(l, u, self.slope_rule)
         if self.alphas is not None and self.key in self.alphas:
-            a = self.alphas[self.key]
-            # Value clamped to [0, 1] (any such slope is a valid lower line), gradient passed straight
-            # through: CROWN's starting slopes sit exactly on 0 or 1, where clamp's gradient is 0.
-            alpha = a + (a.clamp(0, 1) - a).detach()
             active = (l >= 0).to(u.dtype).unsqueeze(1)
-            rel.lower_slope = torch.where(rel.unstable.unsqueeze(1), alpha, active)
+            rel.lower_slope = torch.where(rel.unstable.unsqueeze(1), self.alpha_slope(), active)
         return rel
+
+    def alpha_slope(self):
+        """α-CROWN's slopes of the current ReLU (``key``): value clamped to [0, 1] (any such slope is a valid
+        lower line), gradient passed straight through (CROWN's starting slopes sit exactly on 0 or 1, where
+        clamp's gradient is 0). None without α for this ReLU."""
+        a = self.alphas.get(self.key) if self.alphas is not None else None
+        return None if a is None else a + (a.clamp(0, 1) - a).detach()
 
     def add_sym_extra(self, extra):
         self.sym_extra = self.sym_extra + extra

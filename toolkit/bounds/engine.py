@@ -80,19 +80,18 @@ def _patch_pass(graph, chain, P, bounds, shapes, ctx):
     return P, const
 
 
-def _chunk_bounds(graph, key, chain, rows, inp, bounds, shapes, rule, symmetric):
-    """Lower bounds of one chunk's unit specs and, for Fast-Lin's symmetric pass, their upper bounds."""
-    n, shape = inp.lo.shape[0], shapes[key]
-    ctx = BackwardContext(rule, rule, symmetric=symmetric)
+def unit_spec_bounds(graph, key, chain, rows, inp, bounds, shapes, ctx):
+    """Lower bounds (N, S) of the unit specs of the flat neurons ``rows`` of ``key`` (+e_j, then −e_j unless
+    ``ctx.symmetric``), by one backward pass on window coefficients along ``chain`` (``patch_chain``) or, when it
+    is None, on dense ones; and for Fast-Lin's symmetric pass their upper bounds (else None)."""
+    n, shape, both = inp.lo.shape[0], shapes[key], not ctx.symmetric
     if chain is not None:
-        P, const = _patch_pass(graph, chain, unit_patches(rows, shape, n, inp.lo, both=not symmetric), bounds,
-                               shapes, ctx)
+        P, const = _patch_pass(graph, chain, unit_patches(rows, shape, n, inp.lo, both=both), bounds, shapes, ctx)
         at = lambda extra, upper: concretize_patches(P, const + extra, inp.lo, inp.hi, upper)  # noqa: E731
     else:
-        g, const = backward_pass(graph, key, unit_specs(rows, shape, n, inp.lo, both=not symmetric), bounds,
-                                 shapes, ctx)
+        g, const = backward_pass(graph, key, unit_specs(rows, shape, n, inp.lo, both=both), bounds, shapes, ctx)
         at = lambda extra, upper: concretize(g, const + extra, inp.lo, inp.hi, upper)  # noqa: E731
-    return at(0.0, False), (at(ctx.sym_extra, True) if symmetric else None)
+    return at(0.0, False), (at(ctx.sym_extra, True) if ctx.symmetric else None)
 
 
 def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None):
@@ -119,7 +118,8 @@ def neuron_bounds(graph, key, inp, bounds, shapes, rule, chunk_elems, only=None)
     for start in range(0, idx.numel(), chunk):
         rows = idx[start:start + chunk]
         c = rows.numel()
-        lb, ub = _chunk_bounds(graph, key, chain, rows, inp, bounds, shapes, rule, symmetric)
+        ctx = BackwardContext(rule, rule, symmetric=symmetric)
+        lb, ub = unit_spec_bounds(graph, key, chain, rows, inp, bounds, shapes, ctx)
         lows.append(lb if symmetric else lb[:, :c])
         ups.append(ub if symmetric else -lb[:, c:])
     return torch.cat(lows, 1), torch.cat(ups, 1)

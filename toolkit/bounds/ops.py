@@ -185,8 +185,8 @@ class Conv2dRule(AffineRule):
 
     def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
         bias = (P.data.sum((-1, -2)) * node.bias).sum(-1)   # cells outside the map are already 0
-        corner, _ = self.patch_geometry(node, P.corner, P.window)
-        return [conv_transpose_patches(P, node.weight, node.stride, corner, node.groups, in_shapes[0][1:])], bias
+        window = self.patch_geometry(node, P.corner, P.window)
+        return [conv_transpose_patches(P, node.weight, node.stride, window, node.groups, in_shapes[0][1:])], bias
 
     def abs_linear(self, node, rad):
         return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)
@@ -371,13 +371,13 @@ class ReLURule(Rule):
         l, u = in_bounds[0]
         rel = relax(l, u, ctx.slope_rule)
         maps = [rel.lower_slope.squeeze(1), rel.upper_slope.squeeze(1), rel.upper_intercept.squeeze(1)]
-        alpha = ctx.alphas.get(ctx.key) if ctx.alphas is not None else None
-        if alpha is not None:   # α-CROWN's slopes on this window (``alpha.py``): (N, S, C, h, w)
+        alpha = ctx.alpha_slope()   # α-CROWN's slopes on this window (``alpha.py``): (N, S, C, h, w)
+        if alpha is not None:
             maps.append(rel.unstable.to(l.dtype))
         # one gather for all maps; cells outside the map read 0: their coefficients become 0 here
         lo, up, b, *unstable = P.gather(torch.cat(maps, 1)).chunk(len(maps), 2)
-        if alpha is not None:   # value clamped to [0, 1], gradient straight through (as ``BackwardContext``)
-            lo = torch.where(unstable[0] > 0, alpha + (alpha.clamp(0, 1) - alpha).detach(), lo)
+        if alpha is not None:
+            lo = torch.where(unstable[0] > 0, alpha, lo)
         d = up - lo
         a = P.data
         a_neg = a * (a <= 0).to(a.dtype) if a.requires_grad else a.clamp(max=0)   # as in ``_rule``

@@ -38,20 +38,8 @@ class Patches:
         return rows, cols
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Values of the per-sample map ``t`` (N or 1, C, H, W) at every spec's window: (N or 1, S, C, h, w),
-        0 on cells outside the map. Every window of the (zero-padded) map is laid out once (``unfold``: a
-        row of C·h·w per position), then each spec copies its position's row: contiguous copies instead of
-        an element-wise gather."""
-        h, w = self.window
-        n, c, H, W = t.shape
-        rows, cols = self.corner[:, 0], self.corner[:, 1]
-        top, left = max(0, -int(rows.min())), max(0, -int(cols.min()))
-        bottom, right = max(0, int(rows.max()) + h - H), max(0, int(cols.max()) + w - W)
-        if top or left or bottom or right:
-            t = F.pad(t, (left, right, top, bottom))
-        per_position = F.unfold(t, (h, w)).transpose(1, 2).contiguous()      # (N, L, C·h·w)
-        pos = (rows + top) * (t.shape[-1] - w + 1) + (cols + left)
-        return per_position.index_select(1, pos).reshape(n, -1, c, h, w)
+        """``window_values`` of ``t`` at these windows."""
+        return window_values(t, self.corner, self.window)
 
     def masked(self, H: int, W: int) -> "Patches":
         """Zero the coefficients of cells outside an (H, W) map (a conv's zero padding)."""
@@ -67,6 +55,23 @@ class Patches:
     def flat_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Σ over each window of data·t (t broadcastable to data): (N, S)."""
         return (self.data * t).flatten(2).sum(-1)
+
+
+def window_values(t: torch.Tensor, corner: torch.Tensor, window) -> torch.Tensor:
+    """Values of the per-sample map ``t`` (N or 1, C, H, W) at the (h, w) ``window`` at each ``corner`` (S, 2):
+    (N or 1, S, C, h, w), 0 on cells outside the map. Every window of the (zero-padded) map is laid out once
+    (``unfold``: a row of C·h·w per position), then each spec copies its position's row: contiguous copies
+    instead of an element-wise gather."""
+    h, w = window
+    n, c, H, W = t.shape
+    rows, cols = corner[:, 0], corner[:, 1]
+    top, left = max(0, -int(rows.min())), max(0, -int(cols.min()))
+    bottom, right = max(0, int(rows.max()) + h - H), max(0, int(cols.max()) + w - W)
+    if top or left or bottom or right:
+        t = F.pad(t, (left, right, top, bottom))
+    per_position = F.unfold(t, (h, w)).transpose(1, 2).contiguous()      # (N, L, C·h·w)
+    pos = (rows + top) * (t.shape[-1] - w + 1) + (cols + left)
+    return per_position.index_select(1, pos).reshape(n, -1, c, h, w)
 
 
 def unit_patches(rows: torch.Tensor, shape, n: int, like: torch.Tensor, both: bool = True) -> Patches:
@@ -91,9 +96,10 @@ def concretize_patches(P: Patches, const: torch.Tensor, lo: torch.Tensor, hi: to
     return const + P.flat_sum(mid) + (spread if upper else -spread)
 
 
-def conv_transpose_patches(P: Patches, weight, stride, corner, groups, in_hw) -> Patches:
+def conv_transpose_patches(P: Patches, weight, stride, window, groups, in_hw) -> Patches:
     """Window coefficients on a conv's output → on its input: the full transpose of each window (no output
-    cropping), placed at ``corner`` (the rule's ``patch_geometry``), cells outside the input map zeroed.
+    cropping), of the (corner, (h, w)) ``window`` the rule's ``patch_geometry`` gives, cells outside the input
+    map zeroed.
 
     As one matrix product (every window cell's channel vector times the kernel matrix) and one strided add per
     kernel offset (the overlapping kernel copies summed into place): the backend's transposed convolution, and
@@ -103,7 +109,7 @@ def conv_transpose_patches(P: Patches, weight, stride, corner, groups, in_hw) ->
     d = P.data[:1] if same else P.data
     co, h, w = d.shape[2:]
     kh, kw = weight.shape[2:]
-    size = ((h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
+    corner, size = window
     if groups == 1:
         cols = d.reshape(-1, co, h * w).transpose(1, 2) @ weight.reshape(co, -1)   # (N·S, h·w, C_in·kh·kw)
         cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
