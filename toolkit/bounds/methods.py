@@ -71,8 +71,10 @@ class Intermediate:
 class AlphaOptions:
     """α-CROWN's optimisation (``alpha.optimise_alpha``): Adam ``iters`` steps at ``lr``; ``scope`` "all"
     re-bounds the intermediate layers with slopes of their own, "final" the final pass only (default: "all",
-    or "final" when the caller passes its own intermediate bounds); ``budget``: elements of slopes and
-    autograd graph per sub-batch; ``deadline`` (``time.monotonic()``): stop early, keeping the best so far."""
+    or "final" when the caller passes its own intermediate bounds); ``budget``: the most elements of slopes and
+    autograd graph one sub-batch may hold (a sample needing more gets the final pass only; on CPU samples are
+    grouped into smaller, cache-sized sub-batches, ``kernels.ALPHA_GROUP_ELEMS``); ``deadline``
+    (``time.monotonic()``): stop early, keeping the best so far."""
 
     iters: int = 20
     lr: float = 0.1
