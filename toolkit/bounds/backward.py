@@ -75,16 +75,50 @@ def concretize(g: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch
     mid, rad = ((hi + lo) / 2).reshape(n, -1, 1), ((hi - lo) / 2).reshape(n, -1, 1)
     gf = g.reshape(n, s, -1)
     sign = 1.0 if upper else -1.0
-    if torch.is_grad_enabled() or gf.numel() <= 2 ** 22:
-        # Element-wise products and sums: fastest, and their temporaries are small here (or kept by autograd).
+    if mid.requires_grad or rad.requires_grad:  # a box that depends on parameters: plain autograd
         mid_r, rad_r = mid.transpose(1, 2), rad.transpose(1, 2)
         return const + (gf * mid_r).sum(-1) + sign * (gf.abs() * rad_r).sum(-1)
-    # Large g without autograd: batched matrix-vector products, |g| taken slice by slice (memory target).
-    out = const + (gf @ mid).squeeze(-1)
-    step = max(1, -(-s // 16))
+    if gf.requires_grad:
+        # Autograd through g only (α-CROWN, CROWN-IBP training): a function that keeps sgn(g) in one byte per
+        # element instead of g itself and the |g|, sgn and product temporaries of the element-wise form.
+        return const + _Concretize.apply(gf, mid, rad, sign)
+    return const + _concretize_slices(gf, mid, rad, sign)
+
+
+def _concretize_slices(gf, mid, rad, sign, sgn_out=None):
+    """g·mid + sign·|g|·rad, element-wise a slice of specs at a time: temporaries of one slice (about a MiB,
+    cache-sized) instead of three of g's size. ``sgn_out`` (int8, g's shape) receives sgn(g) when given."""
+    n, s, d = gf.shape
+    mid_r, rad_r = mid.transpose(1, 2), rad.transpose(1, 2)
+    out = gf.new_empty(n, s)
+    step = max(1, 2 ** 18 // max(1, n * d))
     for i in range(0, s, step):
-        out[:, i:i + step] += sign * (gf[:, i:i + step].abs() @ rad).squeeze(-1)
+        part = gf[:, i:i + step]
+        sg = torch.sign(part)
+        if sgn_out is not None:
+            sgn_out[:, i:i + step] = sg
+        out[:, i:i + step] = (part * mid_r).sum(-1) + sign * (sg.mul_(part).mul_(rad_r)).sum(-1)
     return out
+
+
+class _Concretize(torch.autograd.Function):
+    """g·mid + sign·|g|·rad with the gradient mid + sign·sgn(g)·rad with respect to g (the box is constant).
+    Same values and (sub)gradients as the element-wise expression, including sgn(0) = 0."""
+
+    @staticmethod
+    def forward(ctx, gf, mid, rad, sign):
+        sgn = torch.empty(gf.shape, dtype=torch.int8, device=gf.device)
+        out = _concretize_slices(gf, mid, rad, sign, sgn)
+        ctx.save_for_backward(sgn, mid, rad)
+        ctx.sign = sign
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        sgn, mid, rad = ctx.saved_tensors
+        # one tensor of g's size: sgn · (sign·rad) + mid, times the incoming gradient, in place
+        dg = sgn.to(grad.dtype).mul_((ctx.sign * rad).transpose(1, 2)).add_(mid.transpose(1, 2))
+        return dg.mul_(grad.unsqueeze(-1)), None, None, None
 
 
 def unit_specs(rows: torch.Tensor, shape, n: int, like: torch.Tensor, both: bool = True) -> torch.Tensor:

@@ -425,13 +425,50 @@ class ReLURule(Rule):
         lo·ν + min(ν,0)·(ā−lo) picks the upper slope exactly where ν < 0 (torch.where with two broadcast
         operands is ~10× slower than these fused passes on CPU)."""
         n, s = a.shape[:2]
-        # Under autograd min(ν, 0) as ν·[ν ≤ 0]: the same values and the same (sub)gradient as clamp, whose
-        # backward is a torch.where that cost CROWN-IBP training on MNIST Small more than the transposed convs.
-        a_neg = a * (a <= 0).to(a.dtype) if a.requires_grad else a.clamp(max=0)
-        bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
         extra = (a.abs().reshape(n, s, -1) @ b_t).squeeze(-1) if symmetric else None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (a, lo, d, b_t)):
+            return (*_ReluLines.apply(a, lo, d, b_t), extra)
+        a_neg = a.clamp(max=0)
+        bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
         a_in = a.mul_(lo).addcmul_(a_neg, d) if in_place else torch.addcmul(lo * a, a_neg, d)
         return a_in, bias, extra
+
+
+class _ReluLines(torch.autograd.Function):
+    """ReLURule's line choice under autograd: (lo·ν + min(ν,0)·d, Σ min(ν,0)·b̄), the subgradient of min(ν,0)
+    taken as [ν ≤ 0] (1 at ν = 0, as the earlier ν·[ν ≤ 0] form gave). Saves ν, lo and d only: the element-wise form kept five tensors of ν's size per ReLU
+    (ν, its mask, min(ν,0), lo, d), α-CROWN's memory peak on the MLPs; a clamp's torch.where backward was also
+    slower than these fused passes on CPU (CROWN-IBP training on MNIST Small)."""
+
+    @staticmethod
+    def forward(ctx, a, lo, d, b_t):
+        n, s = a.shape[:2]
+        a_neg = a.clamp(max=0)
+        bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
+        ctx.save_for_backward(a, lo, d, b_t)
+        return torch.addcmul(lo * a, a_neg, d), bias
+
+    @staticmethod
+    def backward(ctx, g_in, g_bias):
+        a, lo, d, b_t = ctx.saved_tensors
+        n, s = a.shape[:2]
+        need = ctx.needs_input_grad
+        glo = _reduce_to(g_in * a, lo.shape) if need[1] else None
+        a_neg = a.clamp(max=0)   # its gradient below is [ν ≤ 0], also at ν = 0
+        gd = _reduce_to(a_neg * g_in, d.shape) if need[2] else None
+        gb = (a_neg.reshape(n, s, -1).transpose(1, 2) @ g_bias.unsqueeze(-1)) if need[3] else None
+        ga = None
+        if need[0]:
+            # ∂/∂ν = lo + [ν ≤ 0]·(d + b̄·(the spec's bias gradient)), built in place in one tensor
+            ga = (g_in * d).reshape(n, s, -1).addcmul_(g_bias.unsqueeze(-1), b_t.transpose(1, 2)).reshape(a.shape)
+            ga = ga.mul_(a <= 0).addcmul_(g_in, lo)
+        return ga, glo, gd, gb
+
+
+def _reduce_to(t, shape):
+    """Sum a gradient over the axes its input was broadcast along."""
+    dims = [i for i, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1]
+    return t.sum(dims, keepdim=True) if dims else t
 
 
 class MonotoneRule(Rule):
