@@ -46,27 +46,36 @@ def test_concretize_passes_gradients_to_a_box_that_needs_them():
     assert torch.autograd.gradcheck(lambda g, x: concretize(g, 0.0, x - 0.1, x + 0.1), (g, x))
 
 
+@pytest.mark.parametrize("windowed", [False, True])  # b̄ per neuron (dense rule) or per window cell (windows)
 @pytest.mark.parametrize("per_spec", [False, True])  # CROWN's shared slopes; α-CROWN's slope per spec
-def test_relu_lines_equal_the_elementwise_form_with_gradients(per_spec):
-    gen = torch.Generator().manual_seed(int(per_spec))
+def test_relu_lines_equal_the_elementwise_form_with_gradients(per_spec, windowed):
+    gen = torch.Generator().manual_seed(int(per_spec) + 2 * int(windowed))
     n, s, shape = 3, 4, (2, 5)
     a0 = _with_zeros(torch.randn(n, s, *shape, generator=gen, dtype=torch.float64))
     lo0 = torch.rand(n, s if per_spec else 1, *shape, generator=gen, dtype=torch.float64)
     d0 = torch.rand(n, s if per_spec else 1, *shape, generator=gen, dtype=torch.float64)
-    b0 = torch.rand(n, 10, 1, generator=gen, dtype=torch.float64)
+    b0 = torch.rand(*((n, s, *shape) if windowed else (n, 10, 1)), generator=gen, dtype=torch.float64)
     leaves = [t.clone().requires_grad_(True) for t in (a0, lo0, d0, b0)]
-    assert torch.autograd.gradcheck(_ReluLines.apply, tuple(t.clone().requires_grad_(True)
-                                                            for t in (torch.randn_like(a0), lo0, d0, b0)))
+    assert torch.autograd.gradcheck(lambda *t: _ReluLines.apply(*t, windowed), tuple(
+        t.clone().requires_grad_(True) for t in (torch.randn_like(a0), lo0, d0, b0)))
 
-    def elementwise(a, lo, d, b_t):
+    def elementwise(a, lo, d, b):
         a_neg = a * (a <= 0).to(a.dtype)  # the earlier form: subgradient 1 at ν = 0
-        return torch.addcmul(lo * a, a_neg, d), (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
+        bias = (a_neg * b).flatten(2).sum(-1) if windowed else (a_neg.reshape(n, s, -1) @ b).squeeze(-1)
+        return torch.addcmul(lo * a, a_neg, d), bias
 
     w = [torch.randn(n, s, *shape, generator=gen, dtype=torch.float64),
          torch.randn(n, s, generator=gen, dtype=torch.float64)]
     results = []
-    for f in (lambda *t: ReLURule._rule(*t, symmetric=False, in_place=False)[:2], elementwise):
+    for f in (lambda *t: _ReluLines.apply(*t, windowed), elementwise):
         out = f(*leaves)
         results.append([o.detach() for o in out] + list(torch.autograd.grad(
             sum((o * wi).sum() for o, wi in zip(out, w)), leaves)))
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_relu_rule_uses_the_lean_function_under_autograd():
+    a = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    lo, d, b = (torch.rand(2, 1, 4, dtype=torch.float64) for _ in range(3))
+    a_in, bias, _ = ReLURule._rule(a, lo, d, b.transpose(1, 2), symmetric=False, in_place=False)
+    assert type(a_in.grad_fn).__name__ == "_ReluLinesBackward"

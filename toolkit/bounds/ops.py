@@ -380,9 +380,12 @@ class ReLURule(Rule):
             lo = torch.where(unstable[0] > 0, alpha, lo)
         d = up - lo
         a = P.data
-        a_neg = a * (a <= 0).to(a.dtype) if a.requires_grad else a.clamp(max=0)   # as in ``_rule``
         if ctx.symmetric:
             ctx.add_sym_extra((a.abs() * b).flatten(2).sum(-1))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (a, lo, d, b)):
+            a_in, bias = _ReluLines.apply(a, lo, d, b, True)   # as in ``_rule``
+            return [Patches(a_in, P.corner)], bias
+        a_neg = a.clamp(max=0)
         return [Patches(torch.addcmul(lo * a, a_neg, d), P.corner)], (a_neg * b).flatten(2).sum(-1)
 
     def ibp(self, node, bounds):
@@ -427,7 +430,7 @@ class ReLURule(Rule):
         n, s = a.shape[:2]
         extra = (a.abs().reshape(n, s, -1) @ b_t).squeeze(-1) if symmetric else None
         if torch.is_grad_enabled() and any(t.requires_grad for t in (a, lo, d, b_t)):
-            return (*_ReluLines.apply(a, lo, d, b_t), extra)
+            return (*_ReluLines.apply(a, lo, d, b_t, False), extra)
         a_neg = a.clamp(max=0)
         bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
         a_in = a.mul_(lo).addcmul_(a_neg, d) if in_place else torch.addcmul(lo * a, a_neg, d)
@@ -436,33 +439,43 @@ class ReLURule(Rule):
 
 class _ReluLines(torch.autograd.Function):
     """ReLURule's line choice under autograd: (lo·ν + min(ν,0)·d, Σ min(ν,0)·b̄), the subgradient of min(ν,0)
-    taken as [ν ≤ 0] (1 at ν = 0, as the earlier ν·[ν ≤ 0] form gave). Saves ν, lo and d only: the element-wise form kept five tensors of ν's size per ReLU
-    (ν, its mask, min(ν,0), lo, d), α-CROWN's memory peak on the MLPs; a clamp's torch.where backward was also
-    slower than these fused passes on CPU (CROWN-IBP training on MNIST Small)."""
+    taken as [ν ≤ 0] (1 at ν = 0, as the earlier ν·[ν ≤ 0] form gave). b̄ comes as (N, M, 1) for dense
+    coefficients (the sum is a batched matrix-vector product) or, ``windowed``, per window cell like ν. Saves ν,
+    lo, d and b̄ only: the element-wise form kept five tensors of ν's size per ReLU (ν, its mask, min(ν,0), lo,
+    d), α-CROWN's memory peak on the MLPs, and its backward made a dozen passes over them (a third of α-CROWN's
+    time on MNIST Small's windows)."""
 
     @staticmethod
-    def forward(ctx, a, lo, d, b_t):
+    def forward(ctx, a, lo, d, b, windowed):
         n, s = a.shape[:2]
         a_neg = a.clamp(max=0)
-        bias = (a_neg.reshape(n, s, -1) @ b_t).squeeze(-1)
-        ctx.save_for_backward(a, lo, d, b_t)
+        bias = (a_neg * b).flatten(2).sum(-1) if windowed else (a_neg.reshape(n, s, -1) @ b).squeeze(-1)
+        ctx.save_for_backward(a, lo, d, b)
+        ctx.windowed = windowed
         return torch.addcmul(lo * a, a_neg, d), bias
 
     @staticmethod
     def backward(ctx, g_in, g_bias):
-        a, lo, d, b_t = ctx.saved_tensors
+        a, lo, d, b = ctx.saved_tensors
         n, s = a.shape[:2]
         need = ctx.needs_input_grad
+        g_b = g_bias.reshape(n, s, *([1] * (a.dim() - 2)))   # the spec's bias gradient on each of its cells
         glo = _reduce_to(g_in * a, lo.shape) if need[1] else None
         a_neg = a.clamp(max=0)   # its gradient below is [ν ≤ 0], also at ν = 0
         gd = _reduce_to(a_neg * g_in, d.shape) if need[2] else None
-        gb = (a_neg.reshape(n, s, -1).transpose(1, 2) @ g_bias.unsqueeze(-1)) if need[3] else None
+        gb = None
+        if need[3]:
+            gb = _reduce_to(a_neg.mul_(g_b), b.shape) if ctx.windowed else \
+                a_neg.reshape(n, s, -1).transpose(1, 2) @ g_bias.unsqueeze(-1)
         ga = None
         if need[0]:
             # ∂/∂ν = lo + [ν ≤ 0]·(d + b̄·(the spec's bias gradient)), built in place in one tensor
-            ga = (g_in * d).reshape(n, s, -1).addcmul_(g_bias.unsqueeze(-1), b_t.transpose(1, 2)).reshape(a.shape)
+            if ctx.windowed:
+                ga = (g_in * d).addcmul_(g_b, b)
+            else:
+                ga = (g_in * d).reshape(n, s, -1).addcmul_(g_bias.unsqueeze(-1), b.transpose(1, 2)).reshape(a.shape)
             ga = ga.mul_(a <= 0).addcmul_(g_in, lo)
-        return ga, glo, gd, gb
+        return ga, glo, gd, gb, None
 
 
 def _reduce_to(t, shape):

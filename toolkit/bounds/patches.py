@@ -114,10 +114,13 @@ def conv_transpose_patches(P: Patches, weight, stride, window, groups, in_hw) ->
         cols = d.reshape(-1, co, h * w).transpose(1, 2) @ weight.reshape(co, -1)   # (N·S, h·w, C_in·kh·kw)
         cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
         out = cols.new_zeros(cols.shape[0], weight.shape[1], *size)
-        for p in range(kh):          # each kernel offset adds one strided copy of the windows (fold)
-            for q in range(kw):
+        # each kernel offset adds one strided copy of the windows (fold); the offsets as views from unbind,
+        # whose backward is one stack, where indexing cols[..., p, q] zero-filled all of cols per offset
+        # (27 % of α-CROWN on MNIST Small)
+        for p, row in enumerate(cols.unbind(4)):
+            for q, part in enumerate(row.unbind(4)):
                 out[:, :, p:p + (h - 1) * stride[0] + 1:stride[0], q:q + (w - 1) * stride[1] + 1:stride[1]] += \
-                    cols[..., p, q].permute(0, 3, 1, 2)
+                    part.permute(0, 3, 1, 2)
     else:
         out = F.conv_transpose2d(d.reshape(-1, co, h, w), weight, None, stride, 0, 0, groups)
     out = out.reshape(d.shape[0], s, *out.shape[1:])
