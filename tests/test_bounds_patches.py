@@ -151,3 +151,35 @@ def test_alpha_crown_on_windows_is_tighter_than_crown_and_close_to_dense_alpha(m
     assert win.alpha_scope == dense.alpha_scope == "all"
     assert (win.lower >= crown - 1e-12).all() and (win.lower > crown + 1e-6).any()
     assert torch.allclose(win.lower, dense.lower, rtol=1e-6, atol=1e-6)
+
+
+def test_alpha_reuses_window_gathers_of_unchanged_bounds_with_the_same_numbers(monkeypatch):
+    """α-CROWN's iterations reuse a window ReLU's gathered relaxation while its bounds are the same tensors
+    (``BackwardContext.cached_gather``): the optimised bounds equal those of gathering afresh every time."""
+    from toolkit.bounds import compute_bounds
+    from toolkit.bounds.backward import BackwardContext
+
+    g = NETS["wong28_norm"]()
+    inp = _inputs(g, n=2, eps=0.05)
+    with torch.no_grad():
+        C = margin_spec(g(inp.x).argmax(1), g.output_size(), dtype=DT)
+    real, calls = BackwardContext.cached_gather, {"hit": 0, "made": 0}
+
+    def counted(self, l, u, P, make):
+        def made():
+            calls["made"] += 1
+            return make()
+        out = real(self, l, u, P, made)
+        calls["hit"] += 1
+        return out
+
+    monkeypatch.setattr(BackwardContext, "cached_gather", counted)
+    with torch.no_grad():
+        cached = compute_bounds(g, inp, C, "alpha-crown", alpha_iters=4)
+    assert calls["made"] < calls["hit"], calls   # some gathers were reused
+    monkeypatch.setattr(BackwardContext, "cached_gather", lambda self, l, u, P, make: make())
+    with torch.no_grad():
+        fresh = compute_bounds(g, inp, C, "alpha-crown", alpha_iters=4)
+    assert torch.equal(cached.lower, fresh.lower)
+    for k in fresh.bounds:
+        assert all(torch.equal(a, b) for a, b in zip(cached.bounds[k], fresh.bounds[k])), k

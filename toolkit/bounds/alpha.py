@@ -183,13 +183,14 @@ def _start_window_slopes(graph, bounds, chain, rows, shapes, like) -> _Slopes:
     return slopes
 
 
-def _sweep(graph, inp, C, best, shapes, layers, alphas):
+def _sweep(graph, inp, C, best, shapes, layers, alphas, gathers=None):
     """One differentiable CROWN pass with slopes ``alphas``: the re-bounded layers in topological order, each
     intersected with the best bounds so far, then the final specs. Returns (final lower (N, S), bounds, the
-    final pass's dense slopes)."""
+    final pass's dense slopes). ``gathers``: the window-gather cache shared by the iterations
+    (``BackwardContext.gathers``)."""
     n, b = len(inp), dict(best)
     for key, rows in layers:
-        ctx = BackwardContext("alpha-crown", "crown", alphas[key].dense())
+        ctx = BackwardContext("alpha-crown", "crown", alphas[key].dense(), gathers=gathers)
         lb, _ = unit_spec_bounds(graph, key, patch_chain(graph, key, shapes), rows, inp, b, shapes, ctx)
         c = rows.numel()
         l0, u0 = (t.reshape(n, -1) for t in best[key])
@@ -199,7 +200,8 @@ def _sweep(graph, inp, C, best, shapes, layers, alphas):
         b[key] = (l.reshape(best[key][0].shape), u.reshape(best[key][1].shape))
     A = C.reshape(n, C.shape[1], *shapes[graph.output])
     final = alphas[graph.output].dense()
-    g, const = backward_pass(graph, graph.output, A, b, shapes, BackwardContext("alpha-crown", "crown", final))
+    g, const = backward_pass(graph, graph.output, A, b, shapes,
+                             BackwardContext("alpha-crown", "crown", final, gathers=gathers))
     return concretize(g, const, inp.lo, inp.hi), b, final
 
 
@@ -215,11 +217,11 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
         params = [a for per_key in alphas.values() for a in per_key.values.values()]
         # fused: one kernel per step instead of a pass per Adam operation (same numbers; ~10-20 % of α on Small)
         opt = torch.optim.Adam(params, lr=lr, fused=True)
-        best, best_lower, best_final = dict(bounds), None, {}
+        best, best_lower, best_final, gathers = dict(bounds), None, {}, {}
         for it in range(iters + 1):
             if it and deadline is not None and time.monotonic() >= deadline:
                 break
-            lower, swept, final = _sweep(graph, inp, C, best, shapes, layers, alphas)
+            lower, swept, final = _sweep(graph, inp, C, best, shapes, layers, alphas, gathers)
             low = lower.detach()
             better = torch.ones_like(low, dtype=torch.bool) if best_lower is None else low > best_lower
             best_lower = low if best_lower is None else torch.where(better, low, best_lower)
@@ -239,6 +241,9 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
 
 
 def _tighter(old, new):
-    """Neuron-wise intersection of two sound bounds (NaN never replaces a finite bound)."""
+    """Neuron-wise intersection of two sound bounds (NaN never replaces a finite bound); ``old`` itself when
+    ``new`` is the same pair (a layer the sweep did not re-bound keeps its tensors, so cached gathers stay valid)."""
+    if new[0] is old[0] and new[1] is old[1]:
+        return old
     l, u = new[0].detach(), new[1].detach()
     return (torch.where(l > old[0], l, old[0]), torch.where(u < old[1], u, old[1]))

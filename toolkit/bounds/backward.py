@@ -40,6 +40,10 @@ class BackwardContext:
     #: other live coefficient or the caller's start tensor shares A's memory). Keeps peak memory near one
     #: coefficient tensor (issue 4's memory target).
     overwrite: bool = False
+    #: α-CROWN's sweeps share one dict over all iterations: window gathers of a ReLU's relaxation whose bounds
+    #: did not change (the same tensors: layers exact on the input box, or not re-bounded) are reused instead
+    #: of gathered again each iteration (``cached_gather``).
+    gathers: dict | None = None
 
     @property
     def low_memory(self) -> bool:
@@ -59,6 +63,21 @@ class BackwardContext:
         clamp's gradient is 0). None without α for this ReLU."""
         a = self.alphas.get(self.key) if self.alphas is not None else None
         return None if a is None else a + (a.clamp(0, 1) - a).detach()
+
+    def cached_gather(self, l, u, P, make):
+        """``make()`` (a gather of maps computed from the bounds ``l``, ``u`` at the windows of ``P``), reused
+        from an earlier sweep when the bounds are the same tensors and the windows the same cells. Bounds that
+        carry autograd history are never kept (they change each iteration)."""
+        if self.gathers is None or l.requires_grad or u.requires_grad:
+            return make()
+        tag = (self.key, self.slope_rule, self.alphas is not None and self.key in self.alphas, tuple(P.window),
+               P.corner.shape[0])
+        hit = self.gathers.get(tag)
+        if hit is not None and hit[0] is l and hit[1] is u and torch.equal(hit[2], P.corner):
+            return hit[3]
+        out = make()
+        self.gathers[tag] = (l, u, P.corner, out)
+        return out
 
     def add_sym_extra(self, extra):
         self.sym_extra = self.sym_extra + extra

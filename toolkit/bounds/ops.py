@@ -369,13 +369,17 @@ class ReLURule(Rule):
         if ctx.recording:
             raise NotImplementedError("the recorded optimum is a dense (N, S, *shape) tensor")
         l, u = in_bounds[0]
-        rel = relax(l, u, ctx.slope_rule)
-        maps = [rel.lower_slope.squeeze(1), rel.upper_slope.squeeze(1), rel.upper_intercept.squeeze(1)]
         alpha = ctx.alpha_slope()   # α-CROWN's slopes on this window (``alpha.py``): (N, S, C, h, w)
-        if alpha is not None:
-            maps.append(rel.unstable.to(l.dtype))
-        # one gather for all maps; cells outside the map read 0: their coefficients become 0 here
-        lo, up, b, *unstable = P.gather(torch.cat(maps, 1)).chunk(len(maps), 2)
+
+        def gathered():
+            rel = relax(l, u, ctx.slope_rule)
+            maps = [rel.lower_slope.squeeze(1), rel.upper_slope.squeeze(1), rel.upper_intercept.squeeze(1)]
+            if alpha is not None:
+                maps.append(rel.unstable.to(l.dtype))
+            # one gather for all maps; cells outside the map read 0: their coefficients become 0 here
+            return P.gather(torch.cat(maps, 1)).chunk(len(maps), 2)
+
+        lo, up, b, *unstable = ctx.cached_gather(l, u, P, gathered)
         if alpha is not None:
             lo = torch.where(unstable[0] > 0, alpha, lo)
         d = up - lo
