@@ -491,7 +491,7 @@ def claim_line(label, base, e, claim, reg: dict, bas: dict, bas_clean: dict) -> 
 
 
 def cells_table(profile: str, out: Path) -> str:
-    """One row per stored cell, in grid order: settings and times, from the results file only."""
+    """One row per stored cell, in grid order: settings, its own errors (%) and times, from the results file only."""
     from tabulate import tabulate
 
     meta, vals = table1.read_cells(out), table1.cell_values(out)
@@ -500,10 +500,12 @@ def cells_table(profile: str, out: Path) -> str:
         c, t = meta[run], meta[run]["train"]
         src = lambda p: f"{c[p]:g}" + (f" ({c[p + '_from']})" if c[p + "_from"] in ("validation", "override") else "")
         rows.append([run, c["stage"], c["seed"], f"{c['train_eps']:g}", src("lam"), src("gamma"), t["epochs"],
-                     t["batch_size"], c["train_n"] or "all", f"{vals[run]['n']} {c['split']}",
-                     table1._secs(c.get("train_time_s")), table1._secs(c.get("eval_time_s"))])
+                     t["batch_size"], c["train_n"] or "all", f"{vals[run]['n']} {c['split']}"] +
+                    [table1._pct(vals[run][k]) for k in ("clean", "pgd", "cert")] +
+                    [table1._secs(c.get("train_time_s")), table1._secs(c.get("eval_time_s"))])
     return tabulate(rows, headers=["run", "stage", "seed", "train ε", "λ", "γ", "epochs", "batch", "train n",
-                                   "eval n", "train s (epochs)", "eval s"], tablefmt="github", disable_numparse=True)
+                                   "eval n", "clean %", "PGD %", "cert. %", "train s (epochs)", "eval s"],
+                    tablefmt="github", disable_numparse=True)
 
 
 def markdown(profile: str, out: Path) -> str:

@@ -172,3 +172,17 @@ def test_committed_results_match_their_markdown():
     table1._check_cells(H5, grid)
     assert chosen == pm.choose("paper", stored, table1.cell_values(H5))
     assert (pm.RESULTS / "paper_mnist.md").read_text() == pm.markdown("paper", H5)
+
+
+@pytest.mark.skipif(not H5.exists(), reason="benchmarks/results/paper_mnist.h5 is not committed yet")
+def test_readme_study_figures_come_from_the_committed_markdown():
+    """Every decimal figure in README's paragraph on the study is in paper_mnist.md (generated from the .h5 and
+    checked against it above) or, for the short-schedule comparison, in table1_cpu.md."""
+    readme = (pm.ROOT / "README.md").read_text()
+    start = readme.index("The paper's MNIST study at the reference schedule")
+    para = readme[start:readme.index("\n## ", start)]
+    sources = (pm.RESULTS / "paper_mnist.md").read_text() + (pm.RESULTS / "table1_cpu.md").read_text()
+    known = {float(x) for x in re.findall(r"\d+\.\d+", sources)}   # 14.7 in README is 14.70 in a table
+    figures = re.findall(r"\d+\.\d+", para)
+    assert len(figures) > 30
+    assert [f for f in figures if float(f) not in known] == []
