@@ -446,8 +446,7 @@ class _ReluLines(torch.autograd.Function):
     taken as [ν ≤ 0] (1 at ν = 0, as the earlier ν·[ν ≤ 0] form gave). b̄ comes as (N, M, 1) for dense
     coefficients (the sum is a batched matrix-vector product) or, ``windowed``, per window cell like ν. Saves ν,
     lo, d and b̄ only: the element-wise form kept five tensors of ν's size per ReLU (ν, its mask, min(ν,0), lo,
-    d), α-CROWN's memory peak on the MLPs, and its backward made a dozen passes over them (a third of α-CROWN's
-    time on MNIST Small's windows)."""
+    d), α-CROWN's memory peak on the MLPs, and its backward made more passes over them."""
 
     @staticmethod
     def forward(ctx, a, lo, d, b, windowed):
