@@ -386,11 +386,9 @@ class ReLURule(Rule):
         a = P.data
         if ctx.symmetric:
             ctx.add_sym_extra((a.abs() * b).flatten(2).sum(-1))
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (a, lo, d, b)):
-            a_in, bias = _ReluLines.apply(a, lo, d, b, True)   # as in ``_rule``
-            return [Patches(a_in, P.corner)], bias
-        a_neg = a.clamp(max=0)
-        return [Patches(torch.addcmul(lo * a, a_neg, d), P.corner)], (a_neg * b).flatten(2).sum(-1)
+        # with or without autograd: the function's forward is the plain element-wise line choice
+        a_in, bias = _ReluLines.apply(a, lo, d, b, True)
+        return [Patches(a_in, P.corner)], bias
 
     def ibp(self, node, bounds):
         return torch.relu(bounds[0]), torch.relu(bounds[1])
