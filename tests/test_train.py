@@ -163,6 +163,75 @@ def test_gradcheck_loss(kind):
     assert torch.autograd.gradcheck(_loss_of_params(g, loss_fn, x, y, 0.08), params, eps=1e-6, atol=1e-6)
 
 
+def _dense_r(graph, res, values, norm, squared):
+    """r exactly as §6.2 writes it: every neuron of every layer, stable ones masked out (the dense form that
+    ``reg_r`` replaced by a gather of the unstable neurons)."""
+    n, s = res.lower.shape
+    total = torch.zeros(n, s, dtype=DT)
+    for lay in res.layers.values():
+        x = values[lay.pre]
+        l, u, unstable = lay.l.unsqueeze(1), lay.u.unsqueeze(1), lay.unstable.unsqueeze(1)
+        dist = torch.where(lay.upper_line & unstable, torch.minimum((x - l).abs(), (x - u).abs()), x.abs())
+        dist = dist ** 2 if squared else dist
+        dist = dist / (u - l).clamp_min(1e-12) if norm == "width" else dist
+        term = torch.where(unstable, dist, torch.zeros_like(dist)).reshape(n, s, -1).sum(-1)
+        if norm == "layer-mean":
+            term = term / unstable.reshape(n, 1, -1).sum(-1).clamp_min(1)
+        total = total + term
+    return total
+
+
+@pytest.mark.parametrize("method", ["fastlin", "crown-ibp"])
+@pytest.mark.parametrize("norm,squared", [("none", False), ("width", True), ("layer-mean", False)])
+def test_reg_r_on_unstable_neurons_equals_the_dense_formula(method, norm, squared):
+    """Value and gradient (to the weights, through x and through l, u) of the gathered r equal the dense
+    per-neuron formula on a conv net with unstable neurons in every ReLU layer."""
+    from nets import random_conv
+    from toolkit.bounds import compute_bounds
+    from toolkit.spec import InputSet, margin_spec
+    from toolkit.train.regularizers import real_activations, reg_r
+
+    g = random_conv(seed=4)
+    g.input_spec.value_range = None
+    x = torch.rand(3, 1, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 3, 7])
+    inp = InputSet.from_eps(x, 0.15 if method == "fastlin" else 0.05, clip=None)
+    kw = {"labels": y} if method == "fastlin" else {"C": margin_spec(y, 10, dtype=DT)}
+    if method == "crown-ibp":
+        kw["bounds"] = compute_bounds(g, inp, kw["C"], "ibp").bounds
+    res = compute_bounds(g, inp, kw.pop("C", None), method, optimum=True, **kw)
+    values = real_activations(g, res)
+    frac = [float(lay.unstable.double().mean()) for lay in res.layers.values()]
+    assert all(0 < f < 1 for f in frac), frac  # gathered, not all or nothing
+    params = [p for p in g.parameters()]
+    ours, ref = reg_r(g, res, values, norm=norm, squared=squared), _dense_r(g, res, values, norm, squared)
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12) and ref.sum() > 0
+    grads = torch.autograd.grad(ours.sum(), params, retain_graph=True, allow_unused=True)
+    ref_grads = torch.autograd.grad(ref.sum(), params, allow_unused=True)
+    for a, b in zip(grads, ref_grads):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-10, atol=1e-12))
+
+
+def test_reg_r_tie_takes_the_lower_bound():
+    """x exactly half-way between l and u on the upper line: the value is (u − l)/2 and, the min-branch being a
+    constant (§6.2), the gradient picks the branch of l: ∂/∂x = 1, ∂/∂l = −1, ∂/∂u = 0. On the lower line
+    the term is |x| with no gradient to l or u; stable neurons contribute nothing."""
+    from types import SimpleNamespace
+
+    from toolkit.train.regularizers import _layer_r
+
+    l = torch.tensor([[-1.0, -2.0, 0.5]], dtype=DT, requires_grad=True)
+    u = torch.tensor([[3.0, 1.0, 2.0]], dtype=DT, requires_grad=True)
+    x = torch.tensor([[[1.0, -0.5, 7.0]]], dtype=DT, requires_grad=True)  # (N=1, S=1, M=3)
+    lay = SimpleNamespace(l=l, u=u, unstable=torch.tensor([[True, True, False]]),
+                          upper_line=torch.tensor([[[True, False, True]]]))
+    out = _layer_r(x, lay, "none", False)
+    assert out.item() == 2.0 + 0.5
+    out.sum().backward()
+    assert x.grad.tolist() == [[[1.0, -1.0, 0.0]]]
+    assert l.grad.tolist() == [[-1.0, 0.0, 0.0]] and u.grad.tolist() == [[0.0, 0.0, 0.0]]
+
+
 # -- training runs ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -43,20 +43,36 @@ def reg_r(graph, result, values=None, norm: str = "none", squared: bool = False)
     n, s = result.lower.shape
     total = torch.zeros(n, s, dtype=result.lower.dtype, device=result.lower.device)
     for lay in result.layers.values():
-        x = values[lay.pre]
-        l, u = lay.l.unsqueeze(1), lay.u.unsqueeze(1)
-        unstable = lay.unstable.unsqueeze(1)
-        # 0/1 weights instead of nested torch.where (same values and gradients; where is ~20× slower on CPU).
-        on_upper = (lay.upper_line & unstable).to(x.dtype)
-        on_lower = unstable.to(x.dtype) - on_upper
-        dist_upper = torch.minimum((x - l).abs(), (x - u).abs())
-        term = dist_upper * on_upper + x.abs() * on_lower
-        if squared:
-            term = term ** 2
-        if norm == "width":
-            term = torch.where(unstable, term / (u - l).clamp_min(1e-12), term)
-        term = term.reshape(n, s, -1).sum(-1)
-        if norm == "layer-mean":
-            term = term / unstable.reshape(n, 1, -1).sum(-1).clamp_min(1)
-        total = total + term
+        total = total + _layer_r(values[lay.pre], lay, norm, squared)
     return total
+
+
+def _layer_r(x, lay, norm: str, squared: bool) -> torch.Tensor:
+    """One ReLU layer's r terms summed per (sample, spec), shape (N, S).
+
+    Only unstable neurons contribute (§6.2), and on trained nets they are a small share (measured on the
+    study's models, 50 training images: Small after CROWN-IBP at ε = 0.3, 3–9 % per layer; the 2×100 MLP after
+    CP at ε = 0.1, 4–13 %). So their real pre-activations are gathered first ((K, S) for K unstable (sample,
+    neuron) pairs) and the terms computed on those: each element-wise pass and its gradient costs K·S
+    instead of N·S·M. On the untrained Small net at ε = 0.05 that took r's own passes from 87 to 36 ms a step.
+    """
+    n, s = x.shape[:2]
+    ni, mi = lay.unstable.reshape(n, -1).nonzero(as_tuple=True)
+    xk = x.reshape(n, s, -1)[ni, :, mi]                          # (K, S): advanced indices go first
+    l, u = lay.l.reshape(n, -1)[ni, mi].unsqueeze(1), lay.u.reshape(n, -1)[ni, mi].unsqueeze(1)
+    # Each term is |x − t| for the nearest point t of S(δ*) (§6.1): 0 on the lower line, l or u on the upper.
+    # Which point is nearest is a constant (§6.2: the min-branch is not differentiated; a tie x = (l + u)/2
+    # takes l), so t = l·[near l] + u·[near u] with 0/1 weights (torch.where is ~20× slower on CPU).
+    with torch.no_grad():
+        on_upper = lay.upper_line.reshape(n, s, -1)[ni, :, mi]
+        near_l = xk <= (l + u) / 2
+        w_l, w_u = (on_upper & near_l).to(x.dtype), (on_upper & ~near_l).to(x.dtype)
+    term = (xk - (l * w_l + u * w_u)).abs()
+    if squared:
+        term = term ** 2
+    if norm == "width":
+        term = term / (u - l).clamp_min(1e-12)
+    out = torch.zeros(n, s, dtype=x.dtype, device=x.device).index_add(0, ni, term)
+    if norm == "layer-mean":
+        out = out / torch.bincount(ni, minlength=n).clamp_min(1).to(x.dtype).unsqueeze(1)
+    return out
