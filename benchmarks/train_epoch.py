@@ -9,8 +9,9 @@ trainer does per batch (``toolkit.train.methods``). Rows (λ = 0.05, γ = 0.005 
 
 * ``plain (nn.Sequential)``: cross-entropy through the same weights as a plain ``nn.Sequential`` (the
   reference every ratio is read against); ``plain (IR)``: the same through our imported-IR graph;
-* ``IBP``; ``CROWN-IBP``, ``CROWN-IBP+r``: measured at β = 0.5, inside the ε ramp where the CROWN pass runs
-  (once β reaches 0 a CROWN-IBP step is an IBP step);
+* ``IBP``; ``CROWN-IBP``, ``CROWN-IBP+r``, ``CROWN-IBP (loss fusion)`` (``--loss-fusion``: one CROWN row per
+  sample bounding the CE itself): measured at β = 0.5, inside the ε ramp where the CROWN pass runs (once β
+  reaches 0 a CROWN-IBP step is an IBP step);
 * ``CP (proj 50)``: Wong et al.'s random projections (the paper's default, spec §9.3); ``CP (exact)``,
   ``CP+d+r (exact)``: exact Fast-Lin bounds (the paper's "Exact" rows);
 * ``convex_adversarial (exact)``: ``convex_adversarial.robust_loss`` (Wong & Kolter's code, the one the paper's
@@ -42,7 +43,8 @@ LAM, GAMMA = 0.05, 0.005
 SEQ, IR, CA = "plain (nn.Sequential)", "plain (IR)", "convex_adversarial (exact)"
 #: label -> make_loss keyword arguments (None: one of the reference steps above)
 METHODS = {SEQ: None, IR: None, "IBP": dict(method="ibp"), "CROWN-IBP": dict(method="crown-ibp"),
-           "CROWN-IBP+r": dict(method="crown-ibp", gamma=GAMMA), "CP (proj 50)": dict(method="cp", proj=50),
+           "CROWN-IBP+r": dict(method="crown-ibp", gamma=GAMMA),
+           "CROWN-IBP (loss fusion)": dict(method="crown-ibp", loss_fusion=True), "CP (proj 50)": dict(method="cp", proj=50),
            "CP (exact)": dict(method="cp"), "CP+d+r (exact)": dict(method="cp", lam=LAM, gamma=GAMMA), CA: None}
 NETS = ("mlp_2x100", "small")
 N_TRAIN = 60000
@@ -51,6 +53,8 @@ TARGETS = [("exact CP ≤ 0.25× convex_adversarial's robust_loss", "CP (exact)"
            ("CP + d + r ≤ 1.2× CP (exact)", "CP+d+r (exact)", "CP (exact)", 1.2, None),
            ("CROWN-IBP + r ≤ 1.2× CROWN-IBP", "CROWN-IBP+r", "CROWN-IBP", 1.2, None),
            ("CROWN-IBP (β > 0) ≤ 3× IBP on Small", "CROWN-IBP", "IBP", 3.0, ("small",)),
+           ("CROWN-IBP with --loss-fusion (β > 0) ≤ 3× IBP on Small", "CROWN-IBP (loss fusion)", "IBP", 3.0,
+            ("small",)),
            ("plain CE through the IR ≤ 1.2× nn.Sequential", IR, SEQ, 1.2, None)]
 
 
@@ -212,8 +216,10 @@ WHY = {
                    "(paper-spec §7.2 step 5): a forward and backward pass on N·S = 9N inputs, which the "
                    "CROWN-IBP pass cannot share (it runs the relaxed network, not the real one).",
     "CROWN-IBP": "the CROWN pass carries S = 9 spec rows per sample back through every layer (transposed "
-                 "convolutions on 9N maps) where IBP carries one box; auto_LiRPA's loss fusion (one row: "
-                 "the CE loss itself) would remove the factor S and is not implemented.",
+                 "convolutions on 9N maps) where IBP carries one box. The paper's loss (the CE of per-class "
+                 "margin bounds) needs all S rows, and so do d and r; `--loss-fusion` (auto_LiRPA's loss "
+                 "fusion: one row per sample, an upper bound of the CE itself; its own row below) removes the "
+                 "factor S.",
 }
 
 
@@ -262,7 +268,8 @@ def readme_summary(data: dict) -> str:
     return (f"Exact CP: {m('CP (exact)', 'mlp_2x100') * 1000:.1f} ms on the MLP ({r('CP (exact)', CA).split(' / ')[0]} "
             f"convex_adversarial's {m(CA, 'mlp_2x100') * 1000:.1f} ms) and {m('CP (exact)', 'small'):.2f} s on Small "
             f"({r('CP (exact)', CA).split(' / ')[1]} its {m(CA, 'small'):.2f} s); CP+d+r {r('CP+d+r (exact)', 'CP (exact)')} "
-            f"CP; CROWN-IBP+r {r('CROWN-IBP+r', 'CROWN-IBP')} CROWN-IBP; plain CE through our IR {r(IR, SEQ)} "
+            f"CP; CROWN-IBP+r {r('CROWN-IBP+r', 'CROWN-IBP')} CROWN-IBP; CROWN-IBP {r('CROWN-IBP', 'IBP')} IBP, "
+            f"with `--loss-fusion` {r('CROWN-IBP (loss fusion)', 'IBP')}; plain CE through our IR {r(IR, SEQ)} "
             f"`nn.Sequential`.")
 
 

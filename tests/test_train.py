@@ -103,6 +103,68 @@ def test_crown_ibp_loss_example_E_and_beta_mixing():
     assert always.ce == pytest.approx(ibp_only.ce) and always.r == pytest.approx(2.5)
 
 
+def test_crown_ibp_loss_fusion_on_example_E():
+    """§11.6's net as two classes: IBP gives p ∈ [−4, 0.5], so m = −p ∈ [−0.5, 4] and exp(m) lies under the chord
+    a·(m + 0.5) + e^−0.5 with a = (e⁴ − e^−0.5)/4.5; the CROWN pass bounds a·m by a·36/7. Worst CE ≤
+    log(1 + e^−0.5 + a·(0.5 + 36/7)); β = 0 gives IBP's log(1 + e⁴); β mixes the two sums before the log."""
+    g, x, y, eps = two_class("E")
+    a = (math.exp(4) - math.exp(-0.5)) / 4.5
+    s_crown, s_ibp = 1 + math.exp(-0.5) + a * (0.5 + 36 / 7), 1 + math.exp(4)
+    for final, want in ((1.0, math.log(s_crown)), (0.5, math.log(0.5 * s_crown + 0.5 * s_ibp)),
+                        (0.0, math.log(s_ibp))):
+        parts = CrownIBPLoss(beta(final), loss_fusion=True)(g, x, y, eps, 0)
+        assert parts.ce == pytest.approx(want, abs=1e-12) and parts.loss.item() == pytest.approx(want, abs=1e-12)
+    assert parts.ce == pytest.approx(CrownIBPLoss(beta(0.0))(g, x, y, eps, 0).ce, abs=1e-12)
+    with pytest.raises(BadInputError, match="no per-class relaxation optimum"):
+        CrownIBPLoss(beta(1.0), RegConfig(gamma=0.1), loss_fusion=True)
+    with pytest.raises(BadInputError, match="crown-ibp only"):
+        make_loss("ibp", loss_fusion=True)
+
+
+@pytest.mark.parametrize("final", [1.0, 0.5])
+def test_crown_ibp_loss_fusion_bounds_the_worst_cross_entropy(final):
+    """Per sample, the fused bound is at least the CE at every sampled point of the ε-ball (and at a PGD point),
+    equals the plain CE at ε = 0, and its gradient (through the chords' slopes into the CROWN pass's row
+    too) matches finite differences (float64)."""
+    from nets import random_conv
+    from toolkit.spec import InputSet
+    from toolkit.train.loss import fused_robust_ce
+
+    g = random_conv(seed=6)
+    g.input_spec.value_range = None
+    gen = torch.Generator().manual_seed(7)
+    x, y, eps = torch.rand(4, 1, 8, 8, dtype=DT, generator=gen), torch.tensor([0, 2, 5, 9]), 0.05
+    loss = CrownIBPLoss(beta(final), loss_fusion=True)
+    from toolkit.bounds import compute_bounds
+    from toolkit.spec import margin_spec
+
+    inp = InputSet.from_eps(x, eps, clip=None)
+    ibp = compute_bounds(g, inp, margin_spec(y, 10, dtype=DT), "ibp", bound_upper=True)
+    crown = lambda row: compute_bounds(g, inp, row, "crown-ibp", bounds=ibp.bounds, optimum=False).lower
+    per_sample = fused_robust_ce(ibp.lower, ibp.upper, ibp.C, crown, final).detach()
+    assert loss(g, x, y, eps, 0).ce == pytest.approx(per_sample.mean().item(), abs=1e-12)
+    with torch.no_grad():
+        for _ in range(20):
+            pts = x + eps * (2 * torch.rand(x.shape, dtype=DT, generator=gen) - 1)
+            ce = torch.nn.functional.cross_entropy(g(pts), y, reduction="none")
+            assert (ce <= per_sample + 1e-12).all()
+    adv = x.clone()
+    for _ in range(30):  # sign-gradient ascent on the CE itself, projected onto the ball
+        adv.requires_grad_(True)
+        grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(g(adv), y, reduction="sum"), adv)
+        adv = (x + (adv.detach() + eps / 10 * grad.sign() - x).clamp(-eps, eps)).detach()
+    with torch.no_grad():
+        worst = torch.nn.functional.cross_entropy(g(adv), y, reduction="none")
+        assert (worst <= per_sample + 1e-12).all() and (worst > ce).any()
+    assert loss(g, x, y, 0.0, 0).ce == pytest.approx(torch.nn.functional.cross_entropy(g(x), y).item(), abs=1e-9)
+    mlp_net = random_mlp([5, 6, 6, 3], seed=1)  # the gradient check on a net small enough to be quick
+    mlp_net.input_spec.value_range = None
+    xs = torch.rand(3, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
+    params = tuple(p.detach().clone().requires_grad_(True) for p in mlp_net.parameters())
+    fn = _loss_of_params(mlp_net, loss, xs, torch.tensor([0, 1, 2]), 0.08)
+    assert torch.autograd.gradcheck(fn, params, eps=1e-6, atol=1e-6)
+
+
 def test_regularizers_vanish_without_unstable_neurons():
     g, x, y, eps = two_class("H")  # both hidden neurons stably active
     for loss in (CPLoss(RegConfig(lam=1.0, gamma=1.0)), CrownIBPLoss(beta(1.0), RegConfig(lam=1.0, gamma=1.0))):
@@ -277,6 +339,15 @@ def test_resume_is_bit_identical(tiny_npz, tmp_path):
     assert full.after == resumed.after
 
 
+def test_loss_fusion_trains_end_to_end(tiny_npz, tmp_path):
+    """--loss-fusion through the trainer: β stays > 0 (so the fused CROWN pass runs), the loss is finite and
+    the model is exported."""
+    res = train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "f.onnx", method="crown-ibp", proj=0, lam=0.0,
+                                         gamma=0.0, loss_fusion=True, epochs=1, beta_final=0.5))
+    assert (tmp_path / "f.onnx").is_file() and math.isfinite(res.history[-1]["loss"])
+    assert res.history[-1]["beta"] > 0
+
+
 def test_resume_checkpoint_older_than_a_setting(tiny_npz, tmp_path):
     """A checkpoint written before a setting existed (its config lacks the key) resumes when this run leaves
     the setting at its default, and is refused when this run sets it otherwise."""
@@ -375,6 +446,8 @@ def _scalar_model(tmp_path):
     ("ramp-past-end", ["--epochs", "2", "--ramp", "3"], "past the end of training"),
     ("ibp-reg", ["--method", "ibp", "--reg-r", "0.1"], "not defined for --method ibp"),
     ("proj-not-cp", ["--method", "crown-ibp", "--proj", "5"], "--proj"),
+    ("fusion-not-crown-ibp", ["--method", "ibp", "--loss-fusion"], "crown-ibp only"),
+    ("fusion-with-r", ["--method", "crown-ibp", "--loss-fusion", "--reg-r", "0.1"], "no per-class relaxation"),
     ("sigmoid-reg", ["MODEL:sigmoid", "--reg-r", "0.1"], "does not support op Sigmoid"),
     ("sigmoid-proj", ["MODEL:sigmoid", "--proj", "4"], "cp-proj"),
     ("no-classes", ["MODEL:scalar"], "no classification output"),

@@ -49,6 +49,10 @@ def add_training_arguments(p, finetune: bool = False):
     m.add_argument("--r-coupling", default="beta-positive", choices=("beta-positive", "beta-weighted", "always"),
                    help="crown-ibp: how r meets beta (spec U7): only while the CROWN pass runs, beta > 0 "
                         "(default); weighted by beta; or always (CROWN pass kept for r)")
+    m.add_argument("--loss-fusion", action="store_true",
+                   help="crown-ibp: bound the cross-entropy itself (one spec row per sample instead of K-1: the "
+                        "CROWN pass costs about a (K-1)th; auto_LiRPA's loss fusion) instead of the CE of per-class "
+                        "margin bounds (the paper's loss); not with --reg-d/--reg-r, which need per-class optima")
     m.add_argument("--mtl-alpha", type=float, default=None,
                    help="mtl-ibp / exp-ibp / cc-ibp: weight α of the IBP term against the adversarial one (default: "
                         "0.5, the MTL-IBP authors' MNIST 0.3 script; their code shares it between the three and "

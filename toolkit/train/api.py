@@ -78,6 +78,7 @@ class TrainConfig:
     beta_final: float = 0.0
     kappa_final: float | None = None  # None: loss without the natural CE term ("robust")
     r_coupling: str = "beta-positive"
+    loss_fusion: bool = False        # crown-ibp: bound the CE itself, one spec row per sample (train.loss)
     mtl_alpha: float = MTL_ALPHA     # mtl-ibp / exp-ibp / cc-ibp: weight α of the IBP term
     sabr_lambda: float = SABR_LAMBDA  # sabr: small-box radius as a fraction of eps
     attack_steps: int | None = None  # mtl-ibp / sabr: PGD steps for the adversarial point (default per method)
@@ -220,6 +221,9 @@ def _validate(cfg: TrainConfig) -> None:
         make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                   attack_steps=cfg.attack_steps)
     WarmupConfig(cfg.warmup_reg, cfg.warmup_tol, cfg.eps)  # value checks
+    if cfg.loss_fusion:  # crown-ibp only, and not with d/r: both raise before any data is read
+        make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, beta=BetaSchedule(EpsSchedule(cfg.eps or 1.0, 1), 0.0),
+                  loss_fusion=True)
     if cfg.warmup_reg > 0 and cfg.method == "cp":
         make_loss("cp", warmup_reg=cfg.warmup_reg)  # raises: the warm-up regularizers read IBP bounds
     if cfg.proj and cfg.method != "cp":
@@ -426,7 +430,7 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
                         aggregate=cfg.aggregate, proj=cfg.proj, seed=cfg.seed, beta=beta_s, kappa=kappa_s,
                         r_coupling=cfg.r_coupling, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                         attack_steps=cfg.attack_steps, warmup_reg=cfg.warmup_reg, warmup_tol=cfg.warmup_tol,
-                        eps_max=cfg.eps)
+                        eps_max=cfg.eps, loss_fusion=cfg.loss_fusion)
     _preflight(graph, loss_fn, cfg, train_ds.x, train_ds.y)
 
     graph.to(cfg.device)

@@ -10,7 +10,9 @@
   (§3.2–3.3). d and r come from the CROWN pass, so they exist only while it runs (β ≥ 1e-5, as in the
   CROWN-IBP code). How r meets β is open in the paper (U7): ``r_coupling`` = "beta-positive" (default,
   the spec's suggestion: γ·r unweighted whenever the CROWN pass runs), "beta-weighted" (γ·β·r) or
-  "always" (run the CROWN pass for r even when β = 0).
+  "always" (run the CROWN pass for r even when β = 0). ``loss_fusion`` replaces the CE of the K − 1 margin
+  bounds by an upper bound of the CE itself from one CROWN row per sample (``loss.fused_robust_ce``,
+  auto_LiRPA's loss fusion); it has no per-class optimum, so d and r are refused with it.
 * ``IBPLoss``: interval bounds only. IBP has no relaxation optimum (no δ*₀, no line choices), so d and r
   are not defined for it; asking for them is an error.
 * ``MTLIBPLoss`` (De Palma et al. 2024, "Expressive losses"): (1 − α)·CE at a PGD point of the ε-ball + α·the
@@ -35,7 +37,7 @@ from toolkit.errors import BadInputError, UnsupportedOpError
 from toolkit.bounds.ops import rule_for
 from toolkit.spec import InputSet, margin_spec
 
-from .loss import robust_ce
+from .loss import fused_robust_ce, robust_ce
 from .regularizers import R_NORMS, real_activations, reg_d, reg_r
 from .schedules import BetaSchedule, KappaSchedule
 
@@ -231,14 +233,20 @@ class CrownIBPLoss(_BaseLoss):
 
     name = "crown-ibp"
 
-    def __init__(self, beta: BetaSchedule, reg=None, kappa=None, r_coupling: str = "beta-positive", warmup=None):
+    def __init__(self, beta: BetaSchedule, reg=None, kappa=None, r_coupling: str = "beta-positive", warmup=None,
+                 loss_fusion: bool = False):
         super().__init__(reg, kappa, warmup)
         if r_coupling not in R_COUPLINGS:
             raise BadInputError(f"unknown r/beta coupling {r_coupling!r}; choose from {', '.join(R_COUPLINGS)}")
-        self.beta, self.r_coupling = beta, r_coupling
+        if loss_fusion and self.reg.active:
+            raise BadInputError("--loss-fusion bounds the cross-entropy itself with one spec row per sample, which "
+                                "has no per-class relaxation optimum for d and r; drop --reg-d/--reg-r or "
+                                "--loss-fusion")
+        self.beta, self.r_coupling, self.loss_fusion = beta, r_coupling, bool(loss_fusion)
 
     def describe(self):
-        return {**super().describe(), "beta_final": self.beta.final, "r_coupling": self.r_coupling}
+        return {**super().describe(), "beta_final": self.beta.final, "r_coupling": self.r_coupling,
+                "loss_fusion": self.loss_fusion}
 
     def _gamma_weight(self, parts) -> float:
         return parts["beta"] if self.r_coupling == "beta-weighted" else 1.0
@@ -247,8 +255,10 @@ class CrownIBPLoss(_BaseLoss):
         inp = _input_set(graph, x, eps)
         beta = self.beta.value(step)
         C = margin_spec(y, graph.output_size(), dtype=x.dtype).to(x.device)
-        ibp = compute_bounds(graph, inp, C, "ibp")
+        ibp = compute_bounds(graph, inp, C, "ibp", bound_upper=self.loss_fusion)
         parts, total, lower = {"beta": beta}, self._warmup_term(graph, ibp.bounds, eps), ibp.lower
+        if self.loss_fusion:
+            return self._fused(graph, inp, x, y, ibp, beta, total, parts, step)
         run_crown = beta >= BETA_SKIP or (self.r_coupling == "always" and self.reg.active)
         if run_crown:
             # The IBP intermediate bounds are shared with the CROWN pass (§3.2 step 1).
@@ -257,6 +267,16 @@ class CrownIBPLoss(_BaseLoss):
                 lower = beta * ci.lower + (1 - beta) * ibp.lower
             total = self._regularize(graph, ci, total, parts)
         return self._finish(graph, x, y, lower, total, parts, step)
+
+
+    def _fused(self, graph, inp, x, y, ibp, beta, total, parts, step):
+        """Loss fusion (``fused_robust_ce``): the CROWN pass bounds one row per sample. Its robust error
+        statistic is IBP's (the fused pass gives no per-class margins)."""
+        def crown_lower_of(row):
+            return compute_bounds(graph, inp, row, "crown-ibp", bounds=ibp.bounds, optimum=False).lower
+
+        fused = fused_robust_ce(ibp.lower, ibp.upper, ibp.C, crown_lower_of if beta >= BETA_SKIP else None, beta)
+        return self._finish(graph, x, y, ibp.lower, total, parts, step, robust=fused.mean())
 
 
 def _refuse_regularizers(reg, method):
@@ -397,11 +417,13 @@ def _step_generator(seed: int, step: int, device) -> torch.Generator:
 def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False, aggregate="sum", proj=0,
               seed=0, beta: BetaSchedule | None = None, kappa: KappaSchedule | None = None,
               r_coupling="beta-positive", mtl_alpha=MTL_ALPHA, sabr_lambda=SABR_LAMBDA, attack_steps=None,
-              warmup_reg=0.0, warmup_tol=0.5, eps_max=None):
+              warmup_reg=0.0, warmup_tol=0.5, eps_max=None, loss_fusion=False):
     """The loss object for ``method`` (``METHODS``); arguments as on the command line (``eps_max``: the final
     training ε, where the warm-up regularizers fade out)."""
     if method not in METHODS:
         raise BadInputError(f"unknown training method {method!r}; choose from {', '.join(METHODS)}")
+    if loss_fusion and method != "crown-ibp":
+        raise BadInputError(f"--loss-fusion applies to --method crown-ibp only (got --method {method})")
     reg = RegConfig(lam, gamma, r_norm, r_squared, aggregate)
     warmup = WarmupConfig(warmup_reg, warmup_tol, eps_max)
     if method == "cp":
@@ -418,4 +440,4 @@ def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False
         return SABRLoss(reg, kappa, sabr_lambda, attack_steps, seed, warmup)
     if beta is None:
         raise BadInputError("crown-ibp needs a beta schedule")
-    return CrownIBPLoss(beta, reg, kappa, r_coupling, warmup)
+    return CrownIBPLoss(beta, reg, kappa, r_coupling, warmup, loss_fusion)
