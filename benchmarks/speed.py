@@ -4,7 +4,7 @@
     python -m benchmarks.speed --table-only [--out ...]      # rewrite the .md beside the .json from it
     python -m benchmarks.speed --resume [--redo NET:METHOD,...]  # continue a killed run (rows in --out kept)
 
-One row per (net, method): seconds for one batch (rows under 2 s: the median of up to 7 warm repeats after
+One row per (net, method): seconds for one batch (rows under 2 s: the median of up to 31 warm repeats after
 the measured first call), peak extra memory (CPU: peak RSS growth of a fresh
 subprocess over its state after set-up, and the peak of live tensor bytes from the torch profiler in a
 second run; CUDA: torch.cuda.max_memory_allocated for both), the time as a ratio to
@@ -131,8 +131,9 @@ def measure(net, method, batch, device):
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     seconds = time.perf_counter() - t
-    if seconds < 2.0:  # fast rows: the median of up to 7 warm repeats (the first call pays one-off set-up)
-        seconds = _median_seconds(run, device, max(1, min(7, int(2.0 / max(seconds, 1e-4)))))
+    if seconds < 2.0:  # fast rows: the median of up to 31 warm repeats (the first call pays one-off set-up);
+        # rows of a few ms moved by 20 % between runs with 7
+        seconds = _median_seconds(run, device, max(1, min(31, int(2.0 / max(seconds, 1e-4)))))
     tensor_peak = peak if device.startswith("cuda") else _tensor_peak(run)
     return {"seconds": seconds, "peak_bytes": max(0, peak), "tensor_peak_bytes": tensor_peak,
             "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size()}
@@ -386,10 +387,11 @@ WHY = """Why rows miss or are absent:
   function removed several of those passes and was right to 1e-16 per call, but it changes rounding-level
   gradients that should be 0, which Adam's first step turns into full learning-rate moves of the slopes; window
   and dense α then ended apart (the windows test compares them), so it was not kept.
-- `ibp`: rows of a few milliseconds whose ratio moves between runs (auto_LiRPA's own IBP on mnist_256x2 took
-  6.8 ms in the previous run and 3.8 ms in this one). On the CIFAR nets our graph has the prepended per-channel
-  Normalize (below) and keeps its bounds, one more pair of input-sized tensors (1.2 MiB at batch 100 on
-  3 × 32 × 32) that auto_LiRPA's view of the same box does not have.
+- `ibp` (rows of a few milliseconds: fast rows are the median of up to 31 warm repeats; with 7 their ratio
+  moved by 20 % between runs): on the CIFAR nets our graph has the prepended per-channel Normalize (below) and
+  keeps its bounds, one more pair of input-sized tensors (1.2 MiB at batch 100 on 3 × 32 × 32) that
+  auto_LiRPA's view of the same box does not have. The spec merged into the last layer takes its centre term
+  through the K logits and |C·W| in place without autograd, so C·W is its only tensor of N·S × inputs.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
   into the normalised space ((box − mean) / std, the same bounds: the mean bounds agree). Its
