@@ -388,10 +388,11 @@ WHY = """Why rows miss or are absent:
   gradients that should be 0, which Adam's first step turns into full learning-rate moves of the slopes; window
   and dense α then ended apart (the windows test compares them), so it was not kept.
 - `ibp` (rows of a few milliseconds: fast rows are the median of up to 31 warm repeats; with 7 their ratio
-  moved by 20 % between runs): on the CIFAR nets our graph has the prepended per-channel Normalize (below) and
-  keeps its bounds, one more pair of input-sized tensors (1.2 MiB at batch 100 on 3 × 32 × 32) that
-  auto_LiRPA's view of the same box does not have. The spec merged into the last layer takes its centre term
-  through the K logits and |C·W| in place without autograd, so C·W is its only tensor of N·S × inputs.
+  moved by 20 % between runs) now meets both limits. On the CIFAR nets it had missed on tensor memory (1.12–1.18×):
+  our graph has the prepended per-channel Normalize (below), whose box auto_LiRPA's view does not hold. IBP
+  alone now drops each node's bounds after their last use unless a relaxation would need them, an affine op's
+  upper bound reuses its centre's memory and Normalize's centre and radius are formed once, and the spec merged
+  into the last layer takes its centre through the K logits and |C·W| in place.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
   into the normalised space ((box − mean) / std, the same bounds: the mean bounds agree). Its

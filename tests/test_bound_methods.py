@@ -82,3 +82,27 @@ def test_an_object_and_its_name_give_the_same_bounds():
     fastlin = compute_bounds(g, inp, None, "fastlin", labels=y)
     by_hand = compute_bounds(g, inp, None, "crown", labels=y, bounds=fastlin.bounds).lower
     assert torch.equal(compute_bounds(g, inp, None, composed, labels=y).lower, by_hand)
+
+
+def test_ibp_alone_keeps_only_what_its_readers_use():
+    """IBP by itself drops a node's bounds after their last use unless a relaxation would need them (what
+    ``sanitize`` checks and the training losses read) or the spec merge does; the kept bounds and the result
+    equal the full pass's, and a NaN in a sample still leaves it uncertified (and only it)."""
+    from toolkit.bounds import needs_bounds
+    from toolkit.bounds.ibp import ibp_bounds, ibp_spec_bound
+    from toolkit.spec import margin_spec
+
+    g = random_conv(seed=1, residual=True, normalize=True)
+    x = torch.rand(3, *g.input_spec.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    inp, y = InputSet.from_eps(x, 0.05, clip=(0.0, 1.0)), torch.tensor([0, 1, 2])
+    res = compute_bounds(g, inp, None, "ibp", labels=y)
+    full = ibp_bounds(g, inp.lo, inp.hi)
+    kept = {*needs_bounds(g), g.output, *g.edges[g.output]}
+    assert set(res.bounds) == kept | {"input"} and set(full) > set(res.bounds)
+    assert "relu1" in full and "relu1" not in res.bounds  # read by conv2 and by the residual Add, then dropped
+    assert all(torch.equal(res.bounds[k][j], full[k][j]) for k in res.bounds for j in range(2))
+    assert torch.equal(res.lower, ibp_spec_bound(g, full, margin_spec(y, 10, dtype=x.dtype)))
+    x_bad = x.clone()
+    x_bad[1, 0, 0, 0] = float("nan")
+    bad = compute_bounds(g, InputSet(x_bad, x_bad - 0.05, x_bad + 0.05), None, "ibp", labels=y).lower
+    assert torch.isinf(bad[1]).all() and torch.isfinite(bad[[0, 2]]).all()

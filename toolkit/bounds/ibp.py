@@ -1,6 +1,8 @@
 """Interval bound propagation over the DAG (paper-spec §3.1)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from toolkit.ir import INPUT
@@ -9,14 +11,24 @@ from .ops import rule_for
 
 
 
-def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = None) -> dict:
-    """Interval bounds of every node output (and the input), in topological order."""
+def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = None, keep=None) -> dict:
+    """Interval bounds of every node output (and the input), in topological order.
+
+    ``keep``: when given, the bounds of a node outside it are dropped once its last consumer has read them, so
+    the pass holds the kept nodes' bounds plus a layer or two (for a certification by IBP alone: the nodes a
+    relaxation would need, whose finiteness ``sanitize`` checks, and the last layer)."""
     bounds = {INPUT: (lo, hi)}
+    left = None if keep is None else Counter(k for key in graph.order for k in graph.edges[key])
     for key in graph.order:
         node = graph.nodes[key]
         bounds[key] = rule_for(node, "ibp").ibp(node, *(bounds[k] for k in graph.edges[key]))
         if key == upto:
             break
+        if left is not None:
+            for k in graph.edges[key]:
+                left[k] -= 1
+                if left[k] == 0 and k != INPUT and k not in keep:
+                    del bounds[k]
     return bounds
 
 

@@ -113,7 +113,11 @@ class BoundMethod:
         pass runs in the low-memory form (``ops.ReLURule``). ``res.g`` and ``res.z0`` are there either way."""
         C = _spec(graph, inp, C, labels)
         shapes = graph.shapes(dtype=inp.lo.dtype)
-        ibp = ibp_bounds(graph, inp.lo, inp.hi) if (bounds is None or self.relaxation is None) else None
+        if self.relaxation is None:  # IBP alone: keep what a reader of ``res.bounds`` and the spec merge use
+            keep = {*needs_bounds(graph), graph.output, *graph.edges[graph.output]}
+            ibp = ibp_bounds(graph, inp.lo, inp.hi, keep=keep)
+        else:
+            ibp = ibp_bounds(graph, inp.lo, inp.hi) if bounds is None else None
         caller_bounds = bounds is not None
         if bounds is None:
             bounds = self.intermediate(graph, inp, shapes, ibp)

@@ -136,13 +136,16 @@ class AffineRule(Rule):
 
     def ibp(self, node, bounds):
         lo, hi = bounds
-        mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        return self.interval(node, mid, rad)
+        out_mid, out_rad = self.interval(node, (hi + lo) / 2, (hi - lo) / 2)
+        if out_mid.requires_grad or out_rad.requires_grad:
+            return out_mid - out_rad, out_mid + out_rad
+        # Nothing records these temporaries: the upper bound takes the centre's memory (one output-sized
+        # tensor less at the op's peak).
+        return out_mid - out_rad, out_mid.add_(out_rad)
 
     def interval(self, node, mid, rad):
-        out_mid = node(mid)
-        out_rad = self.abs_linear(node, rad)
-        return out_mid - out_rad, out_mid + out_rad
+        """The output's centre and radius from the input's."""
+        return node(mid), self.abs_linear(node, rad)
 
 
 class LinearRule(AffineRule):
@@ -316,7 +319,7 @@ class ElementwiseAffineRule(AffineRule):
 
     def interval(self, node, mid, rad):
         scale, shift = self._scale_shift(node, mid)
-        return mid * scale + shift - rad * scale.abs(), mid * scale + shift + rad * scale.abs()
+        return mid * scale + shift, rad * scale.abs()
 
     def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
         scale, shift = node.scale_shift()
