@@ -42,7 +42,8 @@ from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_b
 
 from .guard import CleanGuard, summary as guard_summary
 from .recipes import start_radius
-from .methods import MTL_ALPHA, PURE_IBP, SABR_LAMBDA, METHODS, WarmupConfig, make_loss
+from .methods import (MTL_ALPHA, PURE_IBP, SABR_LAMBDA, METHODS, RegConfig, WarmupConfig, check_loss_fusion,
+                      make_loss)
 from .schedules import BetaSchedule, EpsSchedule, KappaSchedule, LRSchedule
 from .trainer import CKPT_NAME, EPOCH_METRICS, Trainer
 
@@ -221,9 +222,8 @@ def _validate(cfg: TrainConfig) -> None:
         make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, mtl_alpha=cfg.mtl_alpha, sabr_lambda=cfg.sabr_lambda,
                   attack_steps=cfg.attack_steps)
     WarmupConfig(cfg.warmup_reg, cfg.warmup_tol, cfg.eps)  # value checks
-    if cfg.loss_fusion:  # crown-ibp only, and not with d/r: both raise before any data is read
-        make_loss(cfg.method, lam=cfg.lam, gamma=cfg.gamma, beta=BetaSchedule(EpsSchedule(cfg.eps or 1.0, 1), 0.0),
-                  loss_fusion=True)
+    if cfg.loss_fusion:  # before any data is read
+        check_loss_fusion(cfg.method, RegConfig(cfg.lam, cfg.gamma))
     if cfg.warmup_reg > 0 and cfg.method == "cp":
         make_loss("cp", warmup_reg=cfg.warmup_reg)  # raises: the warm-up regularizers read IBP bounds
     if cfg.proj and cfg.method != "cp":

@@ -238,10 +238,8 @@ class CrownIBPLoss(_BaseLoss):
         super().__init__(reg, kappa, warmup)
         if r_coupling not in R_COUPLINGS:
             raise BadInputError(f"unknown r/beta coupling {r_coupling!r}; choose from {', '.join(R_COUPLINGS)}")
-        if loss_fusion and self.reg.active:
-            raise BadInputError("--loss-fusion bounds the cross-entropy itself with one spec row per sample, which "
-                                "has no per-class relaxation optimum for d and r; drop --reg-d/--reg-r or "
-                                "--loss-fusion")
+        if loss_fusion:
+            check_loss_fusion(self.name, self.reg)
         self.beta, self.r_coupling, self.loss_fusion = beta, r_coupling, bool(loss_fusion)
 
     def describe(self):
@@ -268,7 +266,6 @@ class CrownIBPLoss(_BaseLoss):
             total = self._regularize(graph, ci, total, parts)
         return self._finish(graph, x, y, lower, total, parts, step)
 
-
     def _fused(self, graph, inp, x, y, ibp, beta, total, parts, step):
         """Loss fusion (``fused_robust_ce``): the CROWN pass bounds one row per sample. Its robust error
         statistic is IBP's (the fused pass gives no per-class margins)."""
@@ -277,6 +274,16 @@ class CrownIBPLoss(_BaseLoss):
 
         fused = fused_robust_ce(ibp.lower, ibp.upper, ibp.C, crown_lower_of if beta >= BETA_SKIP else None, beta)
         return self._finish(graph, x, y, ibp.lower, total, parts, step, robust=fused.mean())
+
+
+def check_loss_fusion(method: str, reg: RegConfig) -> None:
+    """``--loss-fusion`` exists for crown-ibp without d and r: its one row per sample has no per-class
+    relaxation optimum for them to read."""
+    if method != "crown-ibp":
+        raise BadInputError(f"--loss-fusion applies to --method crown-ibp only (got --method {method})")
+    if reg.active:
+        raise BadInputError("--loss-fusion bounds the cross-entropy itself with one spec row per sample, which "
+                            "has no per-class relaxation optimum for d and r; drop --reg-d/--reg-r or --loss-fusion")
 
 
 def _refuse_regularizers(reg, method):
@@ -422,9 +429,9 @@ def make_loss(method: str, *, lam=0.0, gamma=0.0, r_norm="none", r_squared=False
     training ε, where the warm-up regularizers fade out)."""
     if method not in METHODS:
         raise BadInputError(f"unknown training method {method!r}; choose from {', '.join(METHODS)}")
-    if loss_fusion and method != "crown-ibp":
-        raise BadInputError(f"--loss-fusion applies to --method crown-ibp only (got --method {method})")
     reg = RegConfig(lam, gamma, r_norm, r_squared, aggregate)
+    if loss_fusion:
+        check_loss_fusion(method, reg)
     warmup = WarmupConfig(warmup_reg, warmup_tol, eps_max)
     if method == "cp":
         if warmup.lam > 0:
