@@ -44,7 +44,8 @@ SEQ, IR, CA = "plain (nn.Sequential)", "plain (IR)", "convex_adversarial (exact)
 #: label -> make_loss keyword arguments (None: one of the reference steps above)
 METHODS = {SEQ: None, IR: None, "IBP": dict(method="ibp"), "CROWN-IBP": dict(method="crown-ibp"),
            "CROWN-IBP+r": dict(method="crown-ibp", gamma=GAMMA),
-           "CROWN-IBP (loss fusion)": dict(method="crown-ibp", loss_fusion=True), "CP (proj 50)": dict(method="cp", proj=50),
+           "CROWN-IBP (loss fusion)": dict(method="crown-ibp", loss_fusion=True),
+           "CP (proj 50)": dict(method="cp", proj=50),
            "CP (exact)": dict(method="cp"), "CP+d+r (exact)": dict(method="cp", lam=LAM, gamma=GAMMA), CA: None}
 NETS = ("mlp_2x100", "small")
 N_TRAIN = 60000

@@ -127,7 +127,8 @@ def test_crown_ibp_loss_fusion_bounds_the_worst_cross_entropy(final):
     equals the plain CE at ε = 0, and its gradient (through the chords' slopes into the CROWN pass's row
     too) matches finite differences (float64)."""
     from nets import random_conv
-    from toolkit.spec import InputSet
+    from toolkit.bounds import compute_bounds
+    from toolkit.spec import InputSet, margin_spec
     from toolkit.train.loss import fused_robust_ce
 
     g = random_conv(seed=6)
@@ -135,9 +136,6 @@ def test_crown_ibp_loss_fusion_bounds_the_worst_cross_entropy(final):
     gen = torch.Generator().manual_seed(7)
     x, y, eps = torch.rand(4, 1, 8, 8, dtype=DT, generator=gen), torch.tensor([0, 2, 5, 9]), 0.05
     loss = CrownIBPLoss(beta(final), loss_fusion=True)
-    from toolkit.bounds import compute_bounds
-    from toolkit.spec import margin_spec
-
     inp = InputSet.from_eps(x, eps, clip=None)
     ibp = compute_bounds(g, inp, margin_spec(y, 10, dtype=DT), "ibp", bound_upper=True)
     crown = lambda row: compute_bounds(g, inp, row, "crown-ibp", bounds=ibp.bounds, optimum=False).lower

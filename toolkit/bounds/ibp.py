@@ -60,9 +60,9 @@ def ibp_spec_bound(graph, bounds: dict, C: torch.Tensor) -> torch.Tensor:
         # The centre term C·(W·mid + b) through the K logits; only the radius term needs C·W per sample.
         center = (C @ torch.nn.functional.linear(mid, weight, node.bias).unsqueeze(-1)).squeeze(-1)  # (N, S)
         W = C @ weight                               # (N, S, in)
-        # |C·W|·rad as multiply-and-sum (a batched GEMM with one column ran ~2× slower on CPU); without autograd
-        # in place, so C·W is the only tensor of its size (one less than |·| out of place).
-        if torch.is_grad_enabled() and (W.requires_grad or rad.requires_grad):
+        # |C·W|·rad as multiply-and-sum (a batched GEMM with one column ran ~2× slower on CPU); when autograd
+        # records nothing, in place, so C·W is the only tensor of its size (one less than |·| out of place).
+        if W.requires_grad or rad.requires_grad:
             return center - (W.abs() * rad.unsqueeze(1)).sum(-1)
         return center - W.abs_().mul_(rad.unsqueeze(1)).sum(-1)
     lo, hi = bounds[out]

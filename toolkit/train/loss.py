@@ -32,7 +32,8 @@ def fused_robust_ce(p_lo: torch.Tensor, p_hi: torch.Tensor, C: torch.Tensor, cro
     u, l = -p_lo, -p_hi
     shift = u.detach().amax(1, keepdim=True).clamp_min(0)                  # (N, 1): M
     exp_u, exp_l = torch.exp(u - shift), torch.exp(l - shift)
-    s_ibp = torch.exp(-shift).squeeze(1) + exp_u.sum(1)                    # the j = y term is e^{0 − M}
+    exp_y = torch.exp(-shift).squeeze(1)                                   # the j = y term, e^{0 − M}
+    s_ibp = exp_y + exp_u.sum(1)
     if crown_lower_of is None or beta <= 0:
         return shift.squeeze(1) + torch.log(s_ibp)
     width = (u - l).clamp_min(0)
@@ -42,6 +43,6 @@ def fused_robust_ce(p_lo: torch.Tensor, p_hi: torch.Tensor, C: torch.Tensor, cro
     slope = torch.where(width > 1.0, (exp_u - exp_l) / width.clamp_min(1.0), exp_l * torch.expm1(narrow) / narrow)
     row = (slope.unsqueeze(-1) * C).sum(1, keepdim=True)                   # Σ_j a_j C_j, (N, 1, K)
     upper_linear = -crown_lower_of(row).reshape(-1)                        # ≥ Σ_j a_j m_j on the set
-    s_crown = torch.exp(-shift).squeeze(1) + (exp_l - slope * l).sum(1) + upper_linear
+    s_crown = exp_y + (exp_l - slope * l).sum(1) + upper_linear
     s = beta * s_crown + (1 - beta) * s_ibp
     return shift.squeeze(1) + torch.log(s.clamp_min(torch.finfo(s.dtype).tiny))
