@@ -3,6 +3,7 @@
     python -m benchmarks.speed [--batch 100] [--device cpu] [--out benchmarks/results/speed_cpu.json]
     python -m benchmarks.speed --table-only [--out ...]      # rewrite the .md beside the .json from it
     python -m benchmarks.speed --resume [--redo NET:METHOD,...]  # continue a killed run (rows in --out kept)
+    python -m benchmarks.speed --resume --redo ... --methods M1,M2 --rounds 3  # rows as medians of rounds
 
 One row per (net, method): seconds for one batch (rows under 2 s: the median of up to 31 warm repeats after
 the measured first call), peak extra memory (CPU: peak RSS growth of a fresh
@@ -20,7 +21,13 @@ normalised space: ``_lirpa_view``), same inputs, ε, margin specs, batch and thr
 "CROWN-IBP", "CROWN"; ``alpha-crown/final`` ↔ "CROWN-Optimized" with ``fix_interm_bounds`` (slopes optimised
 for the final bound, intermediate bounds CROWN's) and ``alpha-crown`` ↔ the same without it (intermediate
 layers re-bounded), both 20 iterations at our learning rate 0.1 (its default is 0.5) and its default early
-stop. auto_LiRPA has no Fast-Lin. Raw results go to the ``.json``; the ``.md`` is generated from it, with a
+stop. auto_LiRPA has no Fast-Lin.
+
+``--rounds K``: each selected row of a net is measured in K fresh subprocesses, the rows taking turns in every
+round (ours, auto_LiRPA's, ours, …), and keeps the median time (``seconds_runs`` holds all K; memory and bound
+come from the first round). A row of tens of seconds is one cold call, and this machine's speed drifts by up
+to 2× over minutes, so a single pair measured one after the other can be 20 % apart either way; taking turns
+lets the drift hit both sides alike. Raw results go to the ``.json``; the ``.md`` is generated from it, with a
 side-by-side table (time, tensor peak and mean bound ratios) and one verdict line per issue-14 target.
 """
 from __future__ import annotations
@@ -226,6 +233,8 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows already in --out (written after every row) and measure the rest")
     ap.add_argument("--redo", default="", metavar="NET:METHOD,...", help="with --resume: measure these rows again")
+    ap.add_argument("--rounds", type=int, default=1, help="measure each selected row in this many fresh "
+                    "subprocesses, the rows of a net taking turns, and keep the median time")
     ap.add_argument("--one", nargs=2, metavar=("NET", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -251,8 +260,6 @@ def run_all(args) -> dict:
 
     import torch
 
-    from toolkit.fileio import atomic_path
-
     out = Path(args.out)
     old = json.loads(out.read_text()) if args.resume and out.is_file() else {}
     redo = {tuple(r.split(":", 1)) for r in args.redo.split(",") if r}
@@ -263,28 +270,53 @@ def run_all(args) -> dict:
             "load": old.get("load", list(os.getloadavg()))}
     for net in args.nets.split(","):
         nets.setdefault(net, {})
-        for method in args.methods.split(","):
-            if method in nets[net]:
-                continue
-            batch = args.alpha_batch if method.endswith("alpha-crown") else args.batch
-            cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(batch), "--device", args.device,
-                   "--one", net, method]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
-                r = {"seconds": None, "note": f"killed by signal {-proc.returncode} (out of memory?)"}
-            elif proc.returncode != 0:
-                errs = [x for x in proc.stderr.strip().splitlines() if "Error" in x] or proc.stderr.splitlines()
-                r = {"seconds": None, "note": (errs or ["failed"])[-1][:100]}
-            else:
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-            nets[net][method] = dict(r, batch=batch)
-            order = args.methods.split(",")  # a redone row keeps its place in the table
-            nets[net] = dict(sorted(nets[net].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
-                                    else len(order)))
-            print(net, method, nets[net][method], file=sys.stderr, flush=True)
-            with atomic_path(out) as tmp:  # after every row: a killed run resumes with --resume
-                tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
+        todo = [m for m in args.methods.split(",") if m not in nets[net]]
+        runs = {m: [] for m in todo}
+        for _ in range(max(1, args.rounds)):  # the rows of a net take turns in every round
+            for method in todo:
+                runs[method].append(_measure_row(net, method, args))
+                if args.rounds <= 1:
+                    _store_row(out, meta, nets, net, method, runs[method])
+        if args.rounds > 1:
+            for method in todo:
+                _store_row(out, meta, nets, net, method, runs[method])
     return dict(meta, nets=nets)
+
+
+def _measure_row(net, method, args) -> dict:
+    """One row in a fresh subprocess."""
+    batch = args.alpha_batch if method.endswith("alpha-crown") else args.batch
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--batch", str(batch), "--device", args.device,
+           "--one", net, method]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
+        r = {"seconds": None, "note": f"killed by signal {-proc.returncode} (out of memory?)"}
+    elif proc.returncode != 0:
+        errs = [x for x in proc.stderr.strip().splitlines() if "Error" in x] or proc.stderr.splitlines()
+        r = {"seconds": None, "note": (errs or ["failed"])[-1][:100]}
+    else:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(net, method, r, file=sys.stderr, flush=True)
+    return dict(r, batch=batch)
+
+
+def _store_row(out, meta, nets, net, method, runs) -> None:
+    """The row from its runs (several: the median time, the rest from the first run), in METHODS order (a
+    redone row keeps its place), and the file rewritten: a killed run resumes with --resume."""
+    import statistics
+
+    from toolkit.fileio import atomic_path
+
+    row = dict(runs[0])
+    if len(runs) > 1:
+        times = [r.get("seconds") for r in runs]
+        row["seconds_runs"] = times
+        row["seconds"] = statistics.median(times) if None not in times else None
+    nets[net][method] = row
+    rank = lambda kv: METHODS.index(kv[0]) if kv[0] in METHODS else len(METHODS)  # noqa: E731
+    nets[net] = dict(sorted(nets[net].items(), key=rank))
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(dict(meta, nets=nets), indent=1) + "\n")
 
 
 def _mib(v):
@@ -399,6 +431,20 @@ WHY = """Why rows miss or are absent:
   `alpha-crown/final` on resnet_2b at batch 100 was killed for memory on this machine (the main table's note)."""
 
 
+def _rounds_text(data: dict) -> str:
+    """Which rows are medians of rounds (``--rounds``), from the data."""
+    rows = [(net, m, len(r["seconds_runs"])) for net, res in data["nets"].items() for m, r in res.items()
+            if r.get("seconds_runs")]
+    if not rows:
+        return ""
+    ks = sorted({k for *_, k in rows})
+    each = lambda r: ", ".join(f"{t:.3f}" if t is not None else "-" for t in r)  # noqa: E731
+    listed = "; ".join(f"{net} {m} ({each(data['nets'][net][m]['seconds_runs'])} s)" for net, m, _ in rows)
+    return (f" Rows measured in rounds (`--rounds {'/'.join(map(str, ks))}`: fresh subprocesses, the rows of a "
+            f"net taking turns each round, so that the machine's drift hits both sides alike) show the median "
+            f"time: {listed}.")
+
+
 def markdown(data: dict) -> str:
     load = data.get("load")
     head = [f"# Bound-method speed (batch {data['batch']})", "", f"Command: `{data['command']}`  ",
@@ -408,7 +454,7 @@ def markdown(data: dict) -> str:
             "process's resident-set growth; \"peak tensors\" the largest total of live tensor bytes seen by the "
             "torch profiler in a second run; \"largest A\" the biggest linear-bound coefficient tensor. The "
             "`alpha-crown` rows run on the alpha batch only: their ratio is per sample. Raw results: the `.json` "
-            "beside this file.", "", main_table(data), ""]
+            "beside this file." + _rounds_text(data), "", main_table(data), ""]
     if lirpa_rows(data):
         head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), "", WHY, ""]
     return "\n".join(head)

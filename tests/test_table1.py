@@ -261,3 +261,39 @@ def test_speed_markdown_is_what_its_json_gives(tmp_path):
     shutil.copy(speed.OUT, tmp_path / "s.json")
     assert speed.main(["--table-only", "--out", str(tmp_path / "s.json")]) == 0
     assert (tmp_path / "s.md").read_text() == speed.OUT.with_suffix(".md").read_text()
+
+
+def test_speed_rounds_take_turns_and_keep_the_median(tmp_path, monkeypatch):
+    """--rounds K: the selected rows of a net are measured in turn, K rounds, each keeping its median time
+    (all K in ``seconds_runs``, the rest from the first round); a redone row keeps its place in METHODS order,
+    and the markdown says which rows are medians, with their runs."""
+    import json
+
+    from benchmarks import speed
+
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps({"batch": 100, "nets": {"n": {
+        "forward": {"seconds": 0.01, "batch": 100, "mean_bound": 0.0},
+        "crown": {"seconds": 9.0, "batch": 100, "mean_bound": -1.0},
+        "auto_lirpa:crown": {"seconds": 2.0, "batch": 100, "mean_bound": -1.0}}}}))
+    times = {"crown": iter([3.0, 1.0, 2.0]), "auto_lirpa:crown": iter([5.0, 4.0, 9.0])}
+    calls = []
+
+    def fake(net, method, args):
+        calls.append(method)
+        return {"seconds": next(times[method]), "batch": 100, "mean_bound": -1.0 + len(calls),
+                "tensor_peak_bytes": 1}
+
+    monkeypatch.setattr(speed, "_measure_row", fake)
+    assert speed.main(["--out", str(out), "--nets", "n", "--methods", "crown,auto_lirpa:crown", "--resume",
+                       "--redo", "n:crown,n:auto_lirpa:crown", "--rounds", "3"]) == 0
+    assert calls == ["crown", "auto_lirpa:crown"] * 3
+    rows = json.loads(out.read_text())["nets"]["n"]
+    assert list(rows) == ["forward", "crown", "auto_lirpa:crown"]
+    assert (rows["crown"]["seconds"], rows["crown"]["seconds_runs"], rows["crown"]["mean_bound"]) == \
+        (2.0, [3.0, 1.0, 2.0], 0.0)
+    assert rows["auto_lirpa:crown"]["seconds"] == 5.0 and rows["forward"]["seconds"] == 0.01
+    md = out.with_suffix(".md").read_text()
+    assert "`--rounds 3`" in md and "n crown (3.000, 1.000, 2.000 s); n auto_lirpa:crown (5.000, 4.000, 9.000 s)" \
+        in md
+    assert "| n     | crown    | 100     | 2.000    | 5.000          | 0.40         |" in md
