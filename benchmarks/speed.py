@@ -145,8 +145,15 @@ def measure(net, method, batch, device):
         # rows of a few ms moved by 20 % between runs with 7
         seconds = _median_seconds(run, device, max(1, min(31, int(2.0 / max(seconds, 1e-4)))))
     tensor_peak = peak if device.startswith("cuda") else _tensor_peak(run)
-    return {"seconds": seconds, "peak_bytes": max(0, peak), "tensor_peak_bytes": tensor_peak,
-            "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size()}
+    row = {"seconds": seconds, "peak_bytes": max(0, peak), "tensor_peak_bytes": tensor_peak,
+           "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size()}
+    if method.split("/")[0].endswith("alpha-crown"):  # where the slopes started: the same side's CROWN, untimed
+        if method.startswith("auto_lirpa:"):
+            row["crown_mean_bound"] = float(_lirpa(*_lirpa_view(net, graph, x, inp), C, "crown")())
+        else:
+            with torch.no_grad():
+                row["crown_mean_bound"] = float(compute_bounds(graph, inp, C, "crown", optimum=False).lower.mean())
+    return row
 
 
 def _lirpa_view(net, graph, x, inp):
@@ -390,6 +397,19 @@ def lirpa_table(data: dict) -> str:
                     tablefmt="github", disable_numparse=True)
 
 
+def alpha_start_text(data: dict) -> str:
+    """Where each side's α-CROWN started (its own CROWN on the same samples, untimed) and where it ended."""
+    out = []
+    for net, method, a, b in lirpa_rows(data):
+        if "crown_mean_bound" in a and "crown_mean_bound" in b:
+            out.append(f"{net} `{method}`: ours {a['crown_mean_bound']:.4f} → {a['mean_bound']:.4f}, auto_LiRPA "
+                       f"{b['crown_mean_bound']:.4f} → {b['mean_bound']:.4f}")
+    if not out:
+        return ""
+    return ("Mean bound of α-CROWN's start (each side's own CROWN on the same samples, untimed) → its result: "
+            + "; ".join(out) + ".")
+
+
 def _verdict(a, b) -> str:
     misses = []
     if a["seconds"] > b["seconds"]:
@@ -460,7 +480,9 @@ def markdown(data: dict) -> str:
             "`alpha-crown` rows run on the alpha batch only: their ratio is per sample. Raw results: the `.json` "
             "beside this file." + _rounds_text(data), "", main_table(data), ""]
     if lirpa_rows(data):
-        head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), "", WHY, ""]
+        moved = alpha_start_text(data)
+        head += ["## Side by side with auto_LiRPA 0.7.1", "", lirpa_table(data), ""] + \
+            ([moved, ""] if moved else []) + [WHY, ""]
     return "\n".join(head)
 
 

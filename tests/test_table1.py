@@ -297,3 +297,20 @@ def test_speed_rounds_take_turns_and_keep_the_median(tmp_path, monkeypatch):
     assert "`--rounds 3`" in md and "n crown (3.000, 1.000, 2.000 s); n auto_lirpa:crown (5.000, 4.000, 9.000 s)" \
         in md
     assert "| n     | crown    | 100     | 2.000    | 5.000          | 0.40         |" in md
+
+
+def test_speed_alpha_rows_say_where_each_side_started():
+    """The side-by-side section states each α row's start (the side's own CROWN) and result, from the data."""
+    from benchmarks import speed
+
+    row = lambda s, lb, start: {"seconds": s, "batch": 10, "mean_bound": lb, "tensor_peak_bytes": 1,  # noqa: E731
+                                "crown_mean_bound": start}
+    data = {"batch": 100, "command": "c", "torch": "t", "cpu": "x", "cores": 2, "nets": {"n": {
+        "alpha-crown": row(2.0, 6.2263, 5.4184),
+        "auto_lirpa:alpha-crown": row(1.0, 5.4735, 5.4735)}}}
+    assert speed.alpha_start_text(data) == (
+        "Mean bound of α-CROWN's start (each side's own CROWN on the same samples, untimed) → its result: n "
+        "`alpha-crown`: ours 5.4184 → 6.2263, auto_LiRPA 5.4735 → 5.4735.")
+    assert speed.alpha_start_text(data) in speed.markdown(data)
+    del data["nets"]["n"]["alpha-crown"]["crown_mean_bound"]
+    assert speed.alpha_start_text(data) == "" and "α-CROWN's start" not in speed.markdown(data)
