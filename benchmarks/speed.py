@@ -146,7 +146,8 @@ def measure(net, method, batch, device):
         seconds = _median_seconds(run, device, max(1, min(31, int(2.0 / max(seconds, 1e-4)))))
     tensor_peak = peak if device.startswith("cuda") else _tensor_peak(run)
     row = {"seconds": seconds, "peak_bytes": max(0, peak), "tensor_peak_bytes": tensor_peak,
-           "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size()}
+           "mean_bound": float(value), "max_coeff_bytes": bw.STATS["max_coeff_elems"] * x.element_size(),
+           "threads": torch.get_num_threads()}  # not fixed by the command: torch's default unless OMP_NUM_THREADS
     if method.split("/")[0].endswith("alpha-crown"):  # where the slopes started: the same side's CROWN, untimed
         if method.startswith("auto_lirpa:"):
             row["crown_mean_bound"] = float(_lirpa(*_lirpa_view(net, graph, x, inp), C, "crown")())
@@ -424,25 +425,32 @@ def _verdict(a, b) -> str:
 #: Why rows miss or are absent (prose; every figure is in the tables above).
 WHY = """Why rows miss or are absent:
 
-- `alpha-crown` (all layers): ours re-bounds every intermediate layer with slopes of its own per (sample,
-  neuron spec, earlier neuron) and ends tighter on every net, by far on mnist_256x2. auto_LiRPA 0.7.1 under
-  torch 2.14 barely optimises: its `alpha-crown/final` mean bound equals its CROWN bound on the MLPs and on
-  cifar_base_kw, and its full α on mnist_256x2 ends looser than its own CROWN (see the main table), so the two
-  are not doing the same work. Conv layers over a chain of single-input ops are bounded on window coefficients
-  (each neuron's receptive field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one
-  slope per window cell, fully connected layers keep slopes only for unstable neurons (sparse α), Adam runs
-  fused, samples are grouped into cache-sized sub-batches (`kernels.ALPHA_GROUP_ELEMS`), and a window ReLU's
-  gathered relaxation is reused across iterations while its bounds do not change. Its tensor memory is under
-  auto_LiRPA's on every net: the input concretization keeps sgn(g) in one byte per coefficient and ReLU's line
-  choice saves three tensors instead of five (`backward._Concretize`, `ops._ReluLines`). What is left is time:
-  on mnist_256x2 (1.08×; 0.70× to 1.19× in earlier runs of comparable code) two GEMMs per iteration, the
-  re-bounded neurons' coefficients times the 784 × 256 first layer and its transpose in the backward pass,
-  are most of the time, and auto_LiRPA needs the same products; on `small` (1.06×) element-wise passes over
-  the window coefficients of the second conv layer's re-bounding (α's clamp, its substitution into the lower
-  slopes, the line choice and their gradients). Folding α's clamp and substitution into ReLU's autograd
-  function removed several of those passes and was right to 1e-16 per call, but it changes rounding-level
-  gradients that should be 0, which Adam's first step turns into full learning-rate moves of the slopes; window
-  and dense α then ended apart (the windows test compares them), so it was not kept.
+- `alpha-crown` (all layers): both sides run 20 iterations (auto_LiRPA's early stop, which ended every one of its
+  α runs here at iteration 10, is off), and these rows are the median of three rounds taking turns, run with
+  torch's default thread count on both sides (2 on this machine: the command does not fix it, so earlier rows may
+  have run with one; rows measured from now on record `threads`). auto_LiRPA 0.7.1 under torch 2.14.1 does not
+  move its slopes: its bound ends exactly where its own CROWN started, on every net (the line above the list). We
+  checked why no further than this: on a small `nn.Sequential` with its default options the gradient of its bound
+  with respect to its slopes is exactly zero. Its iterations are therefore CROWN passes with a backward pass that
+  changes nothing: the same work per iteration as ours, without the optimisation, so the time columns compare
+  equal work and the bound columns show what ours gains by it. Ours re-bounds every intermediate layer with slopes
+  of its own per (sample, neuron spec, earlier neuron) and ends tighter than its CROWN and than auto_LiRPA on
+  every net. The `alpha-crown/final` rows are from an earlier run in which auto_LiRPA still stopped early (at
+  iteration 10 of 20); without that it can only take longer, and ours already takes a small fraction of its time
+  there. Conv layers over a chain of single-input ops are bounded on window coefficients (each neuron's receptive
+  field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one slope per window cell, fully
+  connected layers keep slopes only for unstable neurons (sparse α), Adam runs fused, samples are grouped into
+  cache-sized sub-batches (`kernels.ALPHA_GROUP_ELEMS`), and a window ReLU's gathered relaxation is reused across
+  iterations while its bounds do not change. Its tensor memory is under auto_LiRPA's on every net: the input
+  concretization keeps sgn(g) in one byte per coefficient and ReLU's line choice saves three tensors instead of
+  five (`backward._Concretize`, `ops._ReluLines`). Where the time goes: on mnist_256x2 two GEMMs per iteration,
+  the re-bounded neurons' coefficients times the 784 × 256 first layer and its transpose in the backward pass, are
+  most of the time, and auto_LiRPA needs the same products; on `small` element-wise passes over the window
+  coefficients of the second conv layer's re-bounding (α's clamp, its substitution into the lower slopes, the line
+  choice and their gradients). Folding α's clamp and substitution into ReLU's autograd function removed several of
+  those passes and was right to 1e-16 per call, but it changes rounding-level gradients that should be 0, which
+  Adam's first step turns into full learning-rate moves of the slopes; window and dense α then ended apart (the
+  windows test compares them), so it was not kept.
 - `ibp` (rows of a few milliseconds: fast rows are the median of up to 31 warm repeats; with 7 their ratio
   moved by 20 % between runs) now meets both limits. On the CIFAR nets it had missed on tensor memory (1.12–1.18×):
   our graph has the prepended per-channel Normalize (below), whose box auto_LiRPA's view does not hold. IBP
