@@ -331,13 +331,18 @@ def _ckpt(folder: Path) -> Path:
     return folder / "model.ckpt"
 
 
+def cell_dir(cell: dict) -> str:
+    """A cell's folder below the work dir (and the parked dir), as table1.train_cell names it."""
+    return f"{cell['name']}/eps{cell['eps']:g}"
+
+
 def park(work: Path, out: Path, parked: Path = PARKED) -> list:
     """Copy each unfinished cell's last epoch checkpoint from ``work`` into ``parked`` (atomically per cell) and
     drop parked cells that ``out`` holds; returns the parked cell folders (relative). A cell another process
     is running is refused: its checkpoint may be mid-write."""
     from toolkit.errors import BadInputError
 
-    stored = {f"{c['name']}/eps{c['eps']:g}" for c in table1.read_cells(out).values()} if out.exists() else set()
+    stored = {cell_dir(c) for c in table1.read_cells(out).values()} if out.exists() else set()
     done = []
     for last in sorted(work.glob("*/eps*/model.ckpt/last.pt")):
         folder = last.parent.parent
@@ -381,7 +386,7 @@ def run_cell(cell, out, md, work, args, profile) -> None:
     from toolkit.report import read_report
 
     prof = _stage_prof(PROFILES[profile], cell["stage"])
-    rel = f"{cell['name']}/eps{cell['eps']:g}"
+    rel = cell_dir(cell)
     if unpark(work / rel, rel, Path(args.parked)):
         _log(f"{cell['run']}: resuming from its parked checkpoint ({Path(args.parked) / rel})")
     ns = argparse.Namespace(device=args.device, data_root=args.data_root, seed=cell["seed"])
@@ -416,7 +421,7 @@ def run_cells(selected, out, md, work, args, profile) -> tuple:
             return failed, [c for c in selected if c["run"] not in tried]
         cell = ready[0]
         tried.add(cell["run"])
-        folder = work / cell["name"] / f"eps{cell['eps']:g}"
+        folder = work / cell_dir(cell)
         folder.mkdir(parents=True, exist_ok=True)
         with _flock(folder, wait=False) as mine:
             if not mine:

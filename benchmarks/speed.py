@@ -124,7 +124,8 @@ def measure(net, method, batch, device):
                                   optimum=False).lower.mean()
 
     if method.startswith("auto_lirpa:"):
-        lirpa_run = _lirpa(*_lirpa_view(net, graph, x, inp), C, method.split(":", 1)[1])
+        view = _lirpa_view(net, graph, x, inp)  # built once: the CROWN start below bounds the same view
+        lirpa_run = _lirpa(*view, C, method.split(":", 1)[1])
     run() if method in ("forward", "forward+backward") else None  # warm-up for the cheap ones
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -150,7 +151,7 @@ def measure(net, method, batch, device):
            "threads": torch.get_num_threads()}  # not fixed by the command: torch's default unless OMP_NUM_THREADS
     if method.split("/")[0].endswith("alpha-crown"):  # where the slopes started: the same side's CROWN, untimed
         if method.startswith("auto_lirpa:"):
-            row["crown_mean_bound"] = float(_lirpa(*_lirpa_view(net, graph, x, inp), C, "crown")())
+            row["crown_mean_bound"] = float(_lirpa(*view, C, "crown")())
         else:
             with torch.no_grad():
                 row["crown_mean_bound"] = float(compute_bounds(graph, inp, C, "crown", optimum=False).lower.mean())
@@ -283,15 +284,12 @@ def run_all(args) -> dict:
     for net in args.nets.split(","):
         nets.setdefault(net, {})
         todo = [m for m in args.methods.split(",") if m not in nets[net]]
-        runs = {m: [] for m in todo}
-        for _ in range(max(1, args.rounds)):  # the rows of a net take turns in every round
+        runs, rounds = {m: [] for m in todo}, max(1, args.rounds)
+        for _ in range(rounds):  # the rows of a net take turns in every round
             for method in todo:
                 runs[method].append(_measure_row(net, method, args))
-                if args.rounds <= 1:
+                if len(runs[method]) == rounds:  # its last run: stored at once (a killed run resumes after it)
                     _store_row(out, meta, nets, net, method, runs[method])
-        if args.rounds > 1:
-            for method in todo:
-                _store_row(out, meta, nets, net, method, runs[method])
     return dict(meta, nets=nets)
 
 
@@ -465,13 +463,13 @@ WHY = """Why rows miss or are absent:
 
 def _rounds_text(data: dict) -> str:
     """Which rows are medians of rounds (``--rounds``), from the data."""
-    rows = [(net, m, len(r["seconds_runs"])) for net, res in data["nets"].items() for m, r in res.items()
+    rows = [(net, m, r["seconds_runs"]) for net, res in data["nets"].items() for m, r in res.items()
             if r.get("seconds_runs")]
     if not rows:
         return ""
-    ks = sorted({k for *_, k in rows})
+    ks = sorted({len(runs) for *_, runs in rows})
     each = lambda r: ", ".join(f"{t:.3f}" if t is not None else "-" for t in r)  # noqa: E731
-    listed = "; ".join(f"{net} {m} ({each(data['nets'][net][m]['seconds_runs'])} s)" for net, m, _ in rows)
+    listed = "; ".join(f"{net} {m} ({each(runs)} s)" for net, m, runs in rows)
     return (f" Rows measured in rounds (`--rounds {'/'.join(map(str, ks))}`: fresh subprocesses, the rows of a "
             f"net taking turns each round, so that the machine's drift hits both sides alike) show the median "
             f"time: {listed}.")

@@ -212,7 +212,8 @@ def test_park_carries_an_unfinished_cell_to_a_fresh_work_dir(tmp_path, capsys, m
     assert run("w2", *cell) == 0  # a fresh clone: no work dir, the parked checkpoint
     assert "mlp_2x100_CP_s0_eps0.1: resuming from its parked checkpoint" in capsys.readouterr().err
     second = _weights(tmp_path / "w2" / "mlp_2x100_CP_s0" / "eps0.1" / "model.onnx")
-    assert first.keys() == second.keys() and all(np.allclose(first[k] * 1.01, second[k], rtol=1e-6, atol=0) for k in first)
+    assert first.keys() == second.keys()
+    assert all(np.allclose(first[k] * 1.01, second[k], rtol=1e-6, atol=0) for k in first)
     assert "mlp_2x100_CP_s0_eps0.1" in table1.read_cells(tmp_path / "r.h5")
     assert run("w2", "--park") == 0 and not (parked / "mlp_2x100_CP_s0").exists()
 
