@@ -92,7 +92,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import table1
+from benchmarks import parking, table1
 from benchmarks.table1 import CI_MNIST, METHODS, ROOT, RESULTS, WONG_MNIST, _bad, _resolve, _shrunk
 
 #: test ε label -> (test ε, training ε), spec §9.1.
@@ -323,12 +323,6 @@ def _monitor_npz(prof: dict, work: Path, data_root) -> Path:
 
 
 PARKED = RESULTS / "paper_mnist_parked"
-#: What a parked cell keeps of its ``model.ckpt/`` folder: the trainer's checkpoint and its epoch report.
-PARK_FILES = ("last.pt", "report.h5")
-
-
-def _ckpt(folder: Path) -> Path:
-    return folder / "model.ckpt"
 
 
 def cell_dir(cell: dict) -> str:
@@ -337,49 +331,9 @@ def cell_dir(cell: dict) -> str:
 
 
 def park(work: Path, out: Path, parked: Path = PARKED) -> list:
-    """Copy each unfinished cell's last epoch checkpoint from ``work`` into ``parked`` (atomically per cell) and
-    drop parked cells that ``out`` holds; returns the parked cell folders (relative). A cell another process
-    is running is refused: its checkpoint may be mid-write."""
-    from toolkit.errors import BadInputError
-
+    """Park every unfinished cell of ``work`` (``benchmarks.parking``); drop parked copies of stored cells."""
     stored = {cell_dir(c) for c in table1.read_cells(out).values()} if out.exists() else set()
-    done = []
-    for last in sorted(work.glob("*/eps*/model.ckpt/last.pt")):
-        folder = last.parent.parent
-        rel = folder.relative_to(work).as_posix()
-        if rel in stored:
-            continue
-        with _flock(folder, wait=False) as mine:
-            if not mine:
-                raise BadInputError(f"--park: cell {rel} is running in another process; stop the study first")
-            dest = parked / rel
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name in PARK_FILES:
-                shutil.copy2(_ckpt(folder) / name, tmp / name)
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-            done.append(rel)
-    for rel in sorted(stored):
-        if (parked / rel).is_dir():
-            shutil.rmtree(parked / rel)
-            with contextlib.suppress(OSError):  # the cell's parent, when empty
-                (parked / rel).parent.rmdir()
-    return done
-
-
-def unpark(folder: Path, rel: str, parked: Path = PARKED) -> bool:
-    """Start a cell from its parked checkpoint when the work dir has none (a fresh clone); True if it did."""
-    src = parked / rel
-    if (folder / "model.onnx").is_file() or (_ckpt(folder) / "last.pt").is_file() or \
-            not all((src / n).is_file() for n in PARK_FILES):
-        return False
-    tmp = folder / "model.ckpt.unpark"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    tmp.rename(_ckpt(folder))
-    return True
+    return parking.park(work, stored, parked, "*/eps*", _flock)
 
 
 def run_cell(cell, out, md, work, args, profile) -> None:
@@ -387,7 +341,7 @@ def run_cell(cell, out, md, work, args, profile) -> None:
 
     prof = _stage_prof(PROFILES[profile], cell["stage"])
     rel = cell_dir(cell)
-    if unpark(work / rel, rel, Path(args.parked)):
+    if parking.unpark(work / rel, rel, Path(args.parked)):
         _log(f"{cell['run']}: resuming from its parked checkpoint ({Path(args.parked) / rel})")
     ns = argparse.Namespace(device=args.device, data_root=args.data_root, seed=cell["seed"])
     monitor = {"test_data": str(_monitor_npz(prof, work, args.data_root))} if cell["split"] == "train" else {}

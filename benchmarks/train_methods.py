@@ -3,6 +3,7 @@
     python -m benchmarks.train_methods [--budget 1800] [--eps 0.1,0.3] [--rows IBP,SABR,...] [--seeds 0]
         [--second-seed] [--profile cpu|smoke] [--out benchmarks/results/train_methods_cpu.h5]
         [--work-dir build/train_methods] [--data-root DIR] [--after-cell 'SHELL COMMAND'] [--table-only]
+        [--park] [--parked benchmarks/results/train_methods_parked]
 
 Every cell trains Wong et al.'s MNIST "Small" conv net (``toolkit.zoo``) from scratch with one method
 (``ROWS``) at one ε, seed 0, on all 60,000 training images, for the same measured budget of one core
@@ -27,6 +28,12 @@ checkpoint (``WORK/<run>/model.ckpt``) and its evaluation from ``eval.h5.partial
 results file (per-sample runs, gzip, and the cell's settings and times under ``/table1/cells/<run>``) and are
 skipped. The markdown is generated from the results file alone (``--table-only``; a test regenerates it).
 
+Parking (the work dir does not survive a fresh clone, the repository does): stop both processes, then
+``--park`` copies every unfinished cell's last epoch checkpoint and its ``plan.json`` (the measured epoch count)
+into ``benchmarks/results/train_methods_parked/<run>/`` and drops parked copies of stored cells; commit that
+folder (``git add -A benchmarks/results/train_methods_parked``). A cell with nothing in the work dir starts
+from its parked copy (``benchmarks.parking``; the trainer checks that its settings match). About 2 MB a cell.
+
 Cost: 7 rows × 2 ε × 30 min of training, plus the evaluations (CROWN only on the images IBP and CROWN-IBP left
 open) and, with ``--second-seed``, 4 more cells: about 10–11 core-hours. Two cores:
 
@@ -48,12 +55,15 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import table1
+from benchmarks import parking, table1
 from benchmarks.paper_mnist import _flock, _write_text, add_cell
 from benchmarks.table1 import CI_MNIST, RESULTS, ROOT, _resolve, _shrunk
 
 OUT = RESULTS / "train_methods_cpu.h5"
 WORK = ROOT / "build" / "train_methods"
+PARKED = RESULTS / "train_methods_parked"
+#: A parked cell keeps its checkpoint and its plan (the measured epoch count: a resumed cell keeps its schedule).
+PARK_FILES = parking.FILES + ("plan.json",)
 #: row label -> TrainConfig settings of the method (the rest: the shared schedule)
 ROWS = {
     "IBP": dict(method="ibp", kappa_final=0.5),
@@ -147,6 +157,8 @@ def run_cell(c: dict, out: Path, work: Path, args) -> None:
     prof = PROFILES[c["profile"]]
     folder = work / c["run"]
     folder.mkdir(parents=True, exist_ok=True)
+    if parking.unpark(folder, c["run"], Path(args.parked), PARK_FILES):
+        _log(f"{c['run']}: resuming from its parked checkpoint ({Path(args.parked) / c['run']})")
     budget = prof["budget"] if args.budget is None else args.budget
     plan = folder / "plan.json"  # the epoch count is measured once: a resumed cell keeps its schedule
     if not plan.is_file():
@@ -321,6 +333,11 @@ def parse_args(argv):
     p.add_argument("--after-cell", default=None, help="shell command run after each finished cell "
                                                       "(env TRAIN_METHODS_RUN: the cell's run name)")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--park", action="store_true", help="copy unfinished cells' checkpoints into --parked (to "
+                                                       "commit), then exit; stop the benchmark first")
+    p.add_argument("--parked", default=None, help="parked checkpoints (default: "
+                                                  "benchmarks/results/train_methods_parked for the cpu profile, "
+                                                  "build/train_methods_<profile>_parked otherwise)")
     return p.parse_args(argv)
 
 
@@ -337,6 +354,18 @@ def main(argv=None) -> int:
         print(f"train_methods: error: unknown row or ε {', '.join(bad)}; rows: {', '.join(ROWS)}; ε: "
               f"{', '.join(EPS)}", file=sys.stderr)
         return 2
+    if args.parked is None:
+        args.parked = str(PARKED if args.profile == "cpu" else ROOT / "build" / f"train_methods_{args.profile}_parked")
+    if args.park:
+        stored = set(table1.read_cells(out)) if out.exists() else set()
+        try:
+            done = parking.park(Path(args.work_dir), stored, Path(args.parked), "*", _flock, PARK_FILES)
+        except TightcertError as e:
+            print(f"train_methods: error: {e}", file=sys.stderr)
+            return 2
+        for rel in done:
+            print(f"parked {rel} -> {Path(args.parked) / rel}")
+        return 0
     if not args.table_only:
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
