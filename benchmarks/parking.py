@@ -20,10 +20,11 @@ FILES = (CHECKPOINT, "model.ckpt/report.h5")
 
 
 def park(work: Path, stored: set, parked: Path, pattern: str, flock, files=FILES) -> list:
-    """Copy ``files`` (paths in a cell's folder; parked flat, by file name) of each unfinished cell (a folder matching ``pattern`` below ``work`` with a checkpoint,
-    whose path relative to ``work`` is not in ``stored``) into ``parked`` (atomically per cell), and drop parked
-    copies of ``stored`` cells. Returns the parked cell folders (relative). A cell another process holds
-    (``flock(folder, wait=False)`` yields False) is refused: its checkpoint may be mid-write."""
+    """Copy ``files`` (paths in a cell's folder; parked flat, by file name) of each unfinished cell (a folder
+    matching ``pattern`` below ``work`` with a checkpoint, whose path relative to ``work`` is not in ``stored``)
+    into ``parked`` (atomically per cell), and drop parked copies of ``stored`` cells. Returns the parked cell
+    folders (relative). A cell another process holds (``flock(folder, wait=False)`` yields False) is refused:
+    its checkpoint may be mid-write."""
     from toolkit.errors import BadInputError
 
     done = []

@@ -94,9 +94,10 @@ def test_fastlin_equals_wong_kolter_dual(net, eps, box, dtype):
 def test_cp_training_loss_and_gradient_equal_robust_loss(model, eps):
     """Our CP training loss (``make_loss("cp")``, exact bounds, no κ) and its gradient w.r.t. every weight are
     ``convex_adversarial.robust_loss`` (Wong et al.'s training code, which the paper's CP training was built on)
-    with ``bounded_input=True``, on the study's 2×100 MLP at MNIST's shape (and a small conv net: Small itself takes
-    a minute here), at ε = 0.4 (the paper's training radius for test ε 0.3) too. So a run of ours follows the trajectory theirs would: when CP collapses at that radius (the
-    paper study's 2×100 baseline), the collapse is the method's, not a training bug of ours."""
+    with ``bounded_input=True``, on the study's 2×100 MLP at MNIST's shape (and a small conv net: Small itself
+    takes a minute here), at ε = 0.4 (the paper's training radius for test ε 0.3) too. So a run of ours follows
+    the trajectory theirs would: when CP collapses at that radius (the paper study's 2×100 baseline), the
+    collapse is the method's, not a training bug of ours."""
     from toolkit import zoo
     from toolkit.train.methods import make_loss
 

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import paper_mnist as pm
 from benchmarks import table1
 from toolkit.report import read_report
-from toolkit.train.trainer import load_checked, save_atomic
+from parking_helpers import Killed, assert_marked, killed, mark_checkpoint, onnx_weights
 
 H5 = pm.RESULTS / "paper_mnist.h5"
 
@@ -124,12 +124,6 @@ def test_smoke_select_full_resume(tmp_path, capsys, monkeypatch):
         assert (c["lam"], c["gamma"], c["split"]) == (chosen["cp/0.1/lam"], chosen["cp/0.1/gamma"], "test")
 
     # killed after evaluating, before storing: the rerun stores the cell without training or certifying again
-    class Killed(BaseException):
-        pass
-
-    def killed(*a):
-        raise Killed
-
     real_store = pm.store
     monkeypatch.setattr(pm, "store", killed)
     with pytest.raises(Killed):
@@ -163,13 +157,6 @@ def test_smoke_select_full_resume(tmp_path, capsys, monkeypatch):
     assert "| mlp_2x100_CP+d_s0_eps0.3 " in md and "0.1 (override)" in md
 
 
-def _weights(onnx_path):
-    import onnx
-    from onnx import numpy_helper
-
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
-
-
 def test_park_carries_an_unfinished_cell_to_a_fresh_work_dir(tmp_path, capsys, monkeypatch):
     """A cell killed before it was stored is parked (checkpoint only), a fresh work dir resumes it from there
     to the same weights, a running cell is refused, and parking again drops the now-stored cell."""
@@ -177,19 +164,12 @@ def test_park_carries_an_unfinished_cell_to_a_fresh_work_dir(tmp_path, capsys, m
     run = lambda work, *extra: pm.main(["--profile", "smoke", "--out", str(tmp_path / "r.h5"), "--work-dir",  # noqa
                                         str(tmp_path / work), "--parked", str(parked), *extra])
     cell = ["--stage", "full", "--eps", "0.1", "--seeds", "0", "--methods", "CP"]
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*a, **k):
-        raise Killed
-
     monkeypatch.setattr(table1, "evaluate_cell", killed)
     with pytest.raises(Killed):
         run("w1", *cell)
     monkeypatch.undo()
     folder = tmp_path / "w1" / "mlp_2x100_CP_s0" / "eps0.1"
-    first = _weights(folder / "model.onnx")
+    first = onnx_weights(folder / "model.onnx")
 
     fd = os.open(folder, os.O_RDONLY)  # "another process" still runs the cell: refused, nothing parked
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -204,16 +184,11 @@ def test_park_carries_an_unfinished_cell_to_a_fresh_work_dir(tmp_path, capsys, m
     assert sorted(p.name for p in (parked / "mlp_2x100_CP_s0" / "eps0.1").iterdir()) == ["last.pt", "report.h5"]
     # mark the parked weights (its one epoch is done, so a resumed run exports them as they are; a run that
     # started over would train the seed's weights again, i.e. ``first``)
-    ck_path = parked / "mlp_2x100_CP_s0" / "eps0.1" / "last.pt"
-    ck = load_checked(ck_path)
-    ck["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
-    save_atomic(ck, ck_path)
+    mark_checkpoint(parked / "mlp_2x100_CP_s0" / "eps0.1" / "last.pt")
     capsys.readouterr()
     assert run("w2", *cell) == 0  # a fresh clone: no work dir, the parked checkpoint
     assert "mlp_2x100_CP_s0_eps0.1: resuming from its parked checkpoint" in capsys.readouterr().err
-    second = _weights(tmp_path / "w2" / "mlp_2x100_CP_s0" / "eps0.1" / "model.onnx")
-    assert first.keys() == second.keys()
-    assert all(np.allclose(first[k] * 1.01, second[k], rtol=1e-6, atol=0) for k in first)
+    assert_marked(first, onnx_weights(tmp_path / "w2" / "mlp_2x100_CP_s0" / "eps0.1" / "model.onnx"))
     assert "mlp_2x100_CP_s0_eps0.1" in table1.read_cells(tmp_path / "r.h5")
     assert run("w2", "--park") == 0 and not (parked / "mlp_2x100_CP_s0").exists()
 

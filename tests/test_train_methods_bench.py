@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import table1
 from benchmarks import train_methods as tm
+from parking_helpers import Killed, assert_marked, killed, mark_checkpoint, onnx_weights
 
 
 def test_smoke_cells_budget_resume_and_second_seed(tmp_path, capsys):
@@ -64,41 +65,23 @@ def test_a_budget_below_one_epoch_still_gets_a_valid_schedule(tmp_path):
 
 
 def test_park_carries_an_unfinished_cell_and_its_plan_to_a_fresh_work_dir(tmp_path, capsys, monkeypatch):
-    """A cell killed after its evaluation, before it was stored, is parked with its measured plan; a fresh work dir
-    resumes from the parked checkpoint (marked ×1.01, so a retrained model would differ) and keeps the plan
+    """A cell killed after its evaluation, before it was stored, is parked with its measured plan; a fresh work
+    dir resumes from the parked checkpoint (marked ×1.01, so a retrained model would differ) and keeps the plan
     (re-measuring would give another epoch time); parking again drops the now-stored cell."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    from toolkit.train.trainer import load_checked, save_atomic
-
     parked, run_name = tmp_path / "parked", "mlp_2x100_MTL-IBP_s0_eps0.1"
     run = lambda work, *extra: tm.main(["--profile", "smoke", "--out", str(tmp_path / "r.h5"), "--work-dir",  # noqa
                                         str(tmp_path / work), "--parked", str(parked), *extra])
-    weights = lambda p: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}  # noqa
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*a, **k):
-        raise Killed
-
     monkeypatch.setattr(tm, "add_cell", killed)
     with pytest.raises(Killed):
         run("w1", "--eps", "0.1", "--rows", "MTL-IBP")
     monkeypatch.undo()
-    first, plan = weights(tmp_path / "w1" / run_name / "model.onnx"), (tmp_path / "w1" / run_name / "plan.json")
+    first, plan = onnx_weights(tmp_path / "w1" / run_name / "model.onnx"), tmp_path / "w1" / run_name / "plan.json"
     assert run("w1", "--park") == 0
     assert sorted(p.name for p in (parked / run_name).iterdir()) == ["last.pt", "plan.json", "report.h5"]
-    ck = load_checked(parked / run_name / "last.pt")
-    ck["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
-    save_atomic(ck, parked / run_name / "last.pt")
+    mark_checkpoint(parked / run_name / "last.pt")
     capsys.readouterr()
     assert run("w2", "--eps", "0.1", "--rows", "MTL-IBP") == 0
     assert f"{run_name}: resuming from its parked checkpoint" in capsys.readouterr().err
     assert (tmp_path / "w2" / run_name / "plan.json").read_text() == plan.read_text()
-    second = weights(tmp_path / "w2" / run_name / "model.onnx")
-    assert first.keys() == second.keys()
-    assert all(np.allclose(first[k] * 1.01, second[k], rtol=1e-6, atol=0) for k in first)
+    assert_marked(first, onnx_weights(tmp_path / "w2" / run_name / "model.onnx"))
     assert run("w2", "--park") == 0 and not (parked / run_name).exists()
