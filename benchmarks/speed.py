@@ -24,7 +24,12 @@ layers re-bounded), both 20 iterations at our learning rate 0.1 (its default is 
 switched off (``early_stop_patience`` = the iterations): by default it stops after 10 iterations without an
 improvement of its summed bound, which on Small and the CIFAR nets ended its runs at iteration 10 of 20, so
 the two sides did not do the same number of iterations (issue 14 compares α-CROWN at the same iterations).
-auto_LiRPA has no Fast-Lin.
+Under torch 2.14.1 auto_LiRPA's slopes would never move (``torch.clamp`` no longer passes a gradient at the
+bound where its α starts); the benchmark gives them back that gradient without changing a value
+(``_mend_lirpa_alpha_gradient``), so its α-CROWN optimises as it was written to. auto_LiRPA has no Fast-Lin.
+
+The committed file was measured with ``OMP_NUM_THREADS=2`` (both cores, both sides; the command line recorded
+in it says so, and every row records its thread count).
 
 ``--rounds K``: each selected row of a net is measured in K fresh subprocesses, the rows taking turns in every
 round (ours, auto_LiRPA's, ours, …), and keeps the median time (``seconds_runs`` holds all K; memory and bound
@@ -120,8 +125,9 @@ def measure(net, method, batch, device):
         with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
             # As certification runs it: no autograd, no recorded optimum (training's cost is in train_epoch.py).
             name, _, scope = method.partition("/")  # alpha-crown/final: the final pass's slopes only
-            return compute_bounds(graph, inp, C, name, alpha_iters=20, alpha_scope=scope or "all",
-                                  optimum=False).lower.mean()
+            return compute_bounds(graph, inp, C, name, optimum=False, **_certification_form(name),
+                                  **({"alpha_iters": 20, "alpha_scope": scope or "all"} if name == "alpha-crown"
+                                     else {})).lower.mean()
 
     if method.startswith("auto_lirpa:"):
         view = _lirpa_view(net, graph, x, inp)  # built once: the CROWN start below bounds the same view
@@ -154,8 +160,19 @@ def measure(net, method, batch, device):
             row["crown_mean_bound"] = float(_lirpa(*view, C, "crown")())
         else:
             with torch.no_grad():
-                row["crown_mean_bound"] = float(compute_bounds(graph, inp, C, "crown", optimum=False).lower.mean())
+                row["crown_mean_bound"] = float(compute_bounds(graph, inp, C, "crown", optimum=False,
+                                                               **_certification_form("crown")).lower.mean())
     return row
+
+
+def _certification_form(method) -> dict:
+    """Our CROWN and α-CROWN rows run as ``tightcert certify`` runs them: intermediate bounds intersected with
+    IBP's (``margin_lower_bound``'s default). auto_LiRPA's defaults intersect part of the way: its sparse
+    intermediate bounds keep IBP's bounds for every neuron IBP proves stable in *all* samples of the batch, so
+    its CROWN depends on the batch (sample 0 of mlp_2x100 alone: 9.2950; in a batch of 10: 9.2652; of 20 or
+    more: 9.2401, pure CROWN). Pure CROWN on our side would be looser than auto_LiRPA on small batches (the
+    alpha batch of 10) and is no faster."""
+    return {"intersect_ibp": True} if method in ("crown", "alpha-crown") else {}
 
 
 def _lirpa_view(net, graph, x, inp):
@@ -185,6 +202,7 @@ def _lirpa(graph, x, inp, C, method):
         raise SystemExit("auto_LiRPA not installed (benchmark only: pip install ../shared/wheels/auto_lirpa-*.whl)")
     import torch
 
+    _mend_lirpa_alpha_gradient()
     name, opts = LIRPA[method]
     # as many iterations as ours: no early stop (its default patience is 10; module docstring)
     opt_args = {"iteration": 20, "lr_alpha": 0.1, "early_stop_patience": 20, **opts}
@@ -193,12 +211,49 @@ def _lirpa(graph, x, inp, C, method):
     bt = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), x_L=inp.lo, x_U=inp.hi))
 
     def run():
+        if method == "alpha-crown/final":  # its CROWN's intermediate bounds handed back in, as ours keeps them
+            with torch.no_grad():
+                model.compute_bounds(x=(bt,), C=C, method="CROWN", bound_upper=False)
+            interm = {k: v for k, v in model.save_intermediate().items() if k != model.final_name}
+            return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False,
+                                        interm_bounds=interm)[0].detach().mean()
         if name == "CROWN-Optimized":  # autograd for its own slopes, as ours
             return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False)[0].detach().mean()
         with torch.no_grad():
             return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False)[0].mean()
 
     return run
+
+
+def _mend_lirpa_alpha_gradient():
+    """Give auto_LiRPA's ReLU slopes back the gradient its α-CROWN was written for, without changing a value.
+
+    auto_LiRPA starts every α at exactly 0 or 1 (CROWN's adaptive slopes) and clamps it into [0, 1] before use
+    (``BoundRelu._relu_mask_alpha``). Under torch ≤ 2.x of its time, ``torch.clamp``'s gradient was 1 on the
+    closed interval; under torch 2.14.1 it is 0 at a scalar bound itself (measured: the gradient of
+    ``clamp(t, 0., 1.)`` at t = 0, 0.5, 1 is 0, 1, 0), so no slope ever moves and its α-CROWN returns CROWN's
+    bound after all its iterations. Adding ``α − α.detach()`` (zero) where α sits on a bound of an unstable
+    neuron restores the closed-interval gradient and leaves every value as it was."""
+    from auto_LiRPA.operators.relu import BoundRelu
+
+    original = BoundRelu._relu_mask_alpha
+    if getattr(original, "mended", False):
+        return
+
+    def mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha=0.0):
+        lb_new, ub_new, zero = original(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha=leaky_alpha)
+        unstable = ((lower < 0) & (upper > 0)).to(lower.dtype)
+
+        def closed(new, alpha):
+            if alpha is None:
+                return new
+            edge = ((alpha == leaky_alpha) | (alpha == 1.0)).to(alpha.dtype)
+            return new + (alpha - alpha.detach()) * edge * unstable
+
+        return closed(lb_new, lb_lower_d), closed(ub_new, ub_lower_d), zero
+
+    mask_alpha.mended = True
+    BoundRelu._relu_mask_alpha = staticmethod(mask_alpha)
 
 
 def _median_seconds(run, device, repeats) -> float:
@@ -277,8 +332,9 @@ def run_all(args) -> dict:
     old = json.loads(out.read_text()) if args.resume and out.is_file() else {}
     redo = {tuple(r.split(":", 1)) for r in args.redo.split(",") if r}
     nets = {n: {m: r for m, r in rows.items() if (n, m) not in redo} for n, rows in old.get("nets", {}).items()}
-    meta = {"command": f"python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} "
-                       f"--device {args.device}", "torch": torch.__version__,
+    threads = os.environ.get("OMP_NUM_THREADS")  # torch's default otherwise (2 here); every row records its own
+    command = f"python -m benchmarks.speed --batch {args.batch} --alpha-batch {args.alpha_batch} --device {args.device}"
+    meta = {"command": (f"OMP_NUM_THREADS={threads} " if threads else "") + command, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "batch": args.batch,
             "load": old.get("load", list(os.getloadavg()))}
     for net in args.nets.split(","):

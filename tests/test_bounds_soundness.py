@@ -191,6 +191,22 @@ def test_optimal_input_is_feasible_and_above_bound(net, seed, box, method):
 
 # --- intermediate bounds ------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_ibp_dropping_and_reusing_unkept_bounds_changes_nothing(net):
+    # ``keep``: bounds nobody keeps are dropped, and an affine op reading them last builds its centre in their
+    # memory (``Rule.ibp_donated``); what is kept must be bit for bit the full pass's, the input box untouched
+    c = case(net, 0, True)
+    lo, hi = c.inp.lo.clone(), c.inp.hi.clone()
+    full = ibp_bounds(c.graph, lo, hi)
+    keep = {c.graph.output, *c.graph.edges[c.graph.output]}
+    with torch.no_grad():
+        kept = ibp_bounds(c.graph, lo, hi, keep=keep)
+    assert keep <= set(kept) < set(full)
+    for key in keep:
+        assert torch.equal(kept[key][0], full[key][0]) and torch.equal(kept[key][1], full[key][1]), key
+    assert torch.equal(lo, c.inp.lo) and torch.equal(hi, c.inp.hi)
+
+
 @pytest.mark.parametrize("net,seed,box", CASES, ids=CASE_IDS)
 def test_ibp_contains_every_sampled_activation(net, seed, box):
     c = case(net, seed, box)

@@ -20,15 +20,20 @@ def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = Non
     bounds = {INPUT: (lo, hi)}
     left = None if keep is None else Counter(k for key in graph.order for k in graph.edges[key])
     for key in graph.order:
-        node = graph.nodes[key]
-        bounds[key] = rule_for(node, "ibp").ibp(node, *(bounds[k] for k in graph.edges[key]))
+        node, ins = graph.nodes[key], graph.edges[key]
+        rule = rule_for(node, "ibp")
+        if left is not None and len(ins) == 1 and left[ins[0]] == 1 and ins[0] != INPUT and ins[0] not in keep:
+            # the only reader of bounds nobody keeps: the rule may reuse their memory (``Rule.ibp_donated``)
+            bounds[key] = rule.ibp_donated(node, list(bounds.pop(ins[0])))
+        else:
+            bounds[key] = rule.ibp(node, *(bounds[k] for k in ins))
         if key == upto:
             break
         if left is not None:
-            for k in graph.edges[key]:
+            for k in ins:
                 left[k] -= 1
                 if left[k] == 0 and k != INPUT and k not in keep:
-                    del bounds[k]
+                    bounds.pop(k, None)
     return bounds
 
 
