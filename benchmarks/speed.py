@@ -214,7 +214,10 @@ def _lirpa(graph, x, inp, C, method):
         if method == "alpha-crown/final":  # its CROWN's intermediate bounds handed back in, as ours keeps them
             with torch.no_grad():
                 model.compute_bounds(x=(bt,), C=C, method="CROWN", bound_upper=False)
-            interm = {k: v for k, v in model.save_intermediate().items() if k != model.final_name}
+            # the bounds its CROWN pass left on the nodes (``save_intermediate`` would recompute every node's with
+            # a dense identity spec, out of memory on the conv nets)
+            interm = {n.name: (n.lower, n.upper) for n in model.nodes() if n.name != model.final_name
+                      and getattr(n, "lower", None) is not None and getattr(n, "upper", None) is not None}
             return model.compute_bounds(x=(bt,), C=C, method=name, bound_upper=False,
                                         interm_bounds=interm)[0].detach().mean()
         if name == "CROWN-Optimized":  # autograd for its own slopes, as ours

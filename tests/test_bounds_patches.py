@@ -183,3 +183,22 @@ def test_alpha_reuses_window_gathers_of_unchanged_bounds_with_the_same_numbers(m
     assert torch.equal(cached.lower, fresh.lower)
     for k in fresh.bounds:
         assert all(torch.equal(a, b) for a, b in zip(cached.bounds[k], fresh.bounds[k])), k
+
+
+@pytest.mark.parametrize("corners", [[(0, 0)], [(-1, -1), (1, 3), (3, -1), (5, 7)], [(2, 1), (2, 4), (8, 1)],
+                                     [(-2, 0), (1, 0), (4, 6)], [(0, 0), (0, 1), (1, 0)]])
+def test_window_values_read_each_window_cell_by_cell(corners):
+    # window_values unfolds only the corners' grid (their gcd step, offset to the first corner); each window
+    # must still hold exactly its cells, 0 outside the map
+    from toolkit.bounds.patches import window_values
+
+    t = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(0), dtype=DT)
+    corner = torch.tensor(corners)
+    h, w = 4, 3
+    got = window_values(t, corner, (h, w))
+    for s, (r, c) in enumerate(corners):
+        for i in range(h):
+            for j in range(w):
+                inside = 0 <= r + i < 9 and 0 <= c + j < 8
+                want = t[:, :, r + i, c + j] if inside else torch.zeros(2, 3, dtype=DT)
+                assert torch.equal(got[:, s, :, i, j], want), (s, i, j)
