@@ -17,19 +17,21 @@ auto_LiRPA rows (issue 14; ``auto_lirpa:<method>``, skipped with a one-line reas
 wheel from ``../shared/wheels`` is not installed): auto_LiRPA 0.7.1 bounds our imported IR graph itself (it
 traces the ``nn.Module``; on the CIFAR nets the ONNX graph without our Normalize, over the box mapped into the
 normalised space: ``_lirpa_view``), same inputs, ε, margin specs, batch and threads, with its default ``bound_opts``
-(patches conv mode, sparse intermediate bounds with IBP). ``ibp``, ``crown-ibp``, ``crown`` ↔ its "IBP",
-"CROWN-IBP", "CROWN"; ``alpha-crown/final`` ↔ "CROWN-Optimized" with ``fix_interm_bounds`` (slopes optimised
-for the final bound, intermediate bounds CROWN's) and ``alpha-crown`` ↔ the same without it (intermediate
-layers re-bounded), both 20 iterations at our learning rate 0.1 (its default is 0.5), with its early stop
-switched off (``early_stop_patience`` = the iterations): by default it stops after 10 iterations without an
-improvement of its summed bound, which on Small and the CIFAR nets ended its runs at iteration 10 of 20, so
-the two sides did not do the same number of iterations (issue 14 compares α-CROWN at the same iterations).
-Under torch 2.14.1 auto_LiRPA's slopes would never move (``torch.clamp`` no longer passes a gradient at the
-bound where its α starts); the benchmark gives them back that gradient without changing a value
-(``_mend_lirpa_alpha_gradient``), so its α-CROWN optimises as it was written to. auto_LiRPA has no Fast-Lin.
+(patches conv mode, sparse intermediate bounds with IBP), against ours in the certification form
+(intermediate bounds intersected with IBP's, as ``tightcert certify`` runs: ``_certification_form``).
+``ibp``, ``crown-ibp``, ``crown`` ↔ its "IBP", "CROWN-IBP", "CROWN"; ``alpha-crown/final`` ↔ "CROWN-Optimized"
+over the intermediate bounds of its own CROWN, handed back in (``fix_interm_bounds`` alone does not fix them: it
+re-bounds every layer with the slopes, which is ``alpha-crown``), and ``alpha-crown`` ↔ "CROWN-Optimized"
+without them (intermediate layers re-bounded), both 20 iterations at our learning rate 0.1 (its default is 0.5),
+with its early stop switched off (``early_stop_patience`` = the iterations): by default it stops after 10
+iterations without an improvement of its summed bound, which on Small and the CIFAR nets ended its runs at
+iteration 10 of 20 (issue 14 compares α-CROWN at the same iterations). Under torch 2.14.1 auto_LiRPA's slopes
+would never move (``torch.clamp`` no longer passes a gradient at the bound where its α starts); the benchmark
+gives them back that gradient without changing a value (``_mend_lirpa_alpha_gradient``), so its α-CROWN
+optimises as it was written to. auto_LiRPA has no Fast-Lin.
 
 The committed file was measured with ``OMP_NUM_THREADS=2`` (both cores, both sides; the command line recorded
-in it says so, and every row records its thread count).
+in it says so, and every row records its thread count), the machine otherwise idle (other jobs stopped).
 
 ``--rounds K``: each selected row of a net is measured in K fresh subprocesses, the rows taking turns in every
 round (ours, auto_LiRPA's, ours, …), and keeps the median time (``seconds_runs`` holds all K; memory and bound
@@ -482,42 +484,54 @@ def _verdict(a, b) -> str:
 #: Why rows miss or are absent (prose; every figure is in the tables above).
 WHY = """Why rows miss or are absent:
 
-- `alpha-crown` (all layers): both sides run 20 iterations (auto_LiRPA's early stop, which ended every one of its
-  α runs here at iteration 10, is off), and these rows are the median of three rounds taking turns, run with
-  torch's default thread count on both sides (2 on this machine: the command does not fix it, so earlier rows may
-  have run with one; rows measured from now on record `threads`). auto_LiRPA 0.7.1 under torch 2.14.1 does not
-  move its slopes: its bound ends exactly where its own CROWN started, on every net (the line above the list). We
-  checked why no further than this: on a small `nn.Sequential` with its default options the gradient of its bound
-  with respect to its slopes is exactly zero. Its iterations are therefore CROWN passes with a backward pass that
-  changes nothing: the same work per iteration as ours, without the optimisation, so the time columns compare
-  equal work and the bound columns show what ours gains by it. Ours re-bounds every intermediate layer with slopes
-  of its own per (sample, neuron spec, earlier neuron) and ends tighter than its CROWN and than auto_LiRPA on
-  every net. The `alpha-crown/final` rows are from an earlier run in which auto_LiRPA still stopped early (at
-  iteration 10 of 20); without that it can only take longer, and ours already takes a small fraction of its time
-  there. Conv layers over a chain of single-input ops are bounded on window coefficients (each neuron's receptive
-  field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one slope per window cell, fully
-  connected layers keep slopes only for unstable neurons (sparse α), Adam runs fused, samples are grouped into
-  cache-sized sub-batches (`kernels.ALPHA_GROUP_ELEMS`), and a window ReLU's gathered relaxation is reused across
-  iterations while its bounds do not change. Its tensor memory is under auto_LiRPA's on every net: the input
-  concretization keeps sgn(g) in one byte per coefficient and ReLU's line choice saves three tensors instead of
-  five (`backward._Concretize`, `ops._ReluLines`). Where the time goes: on mnist_256x2 two GEMMs per iteration,
-  the re-bounded neurons' coefficients times the 784 × 256 first layer and its transpose in the backward pass, are
-  most of the time, and auto_LiRPA needs the same products; on `small` element-wise passes over the window
-  coefficients of the second conv layer's re-bounding (α's clamp, its substitution into the lower slopes, the line
-  choice and their gradients). Folding α's clamp and substitution into ReLU's autograd function removed several of
-  those passes and was right to 1e-16 per call, but it changes rounding-level gradients that should be 0, which
-  Adam's first step turns into full learning-rate moves of the slopes; window and dense α then ended apart (the
-  windows test compares them), so it was not kept.
-- `ibp` (rows of a few milliseconds: fast rows are the median of up to 31 warm repeats; with 7 their ratio
-  moved by 20 % between runs) now meets both limits. On the CIFAR nets it had missed on tensor memory (1.12–1.18×):
-  our graph has the prepended per-channel Normalize (below), whose box auto_LiRPA's view does not hold. IBP
-  alone now drops each node's bounds after their last use unless a relaxation would need them, an affine op's
-  upper bound reuses its centre's memory and Normalize's centre and radius are formed once, and the spec merged
-  into the last layer takes its centre through the K logits and |C·W| in place.
+- How this file was made: every row in one run on the idle machine with `OMP_NUM_THREADS=2` (both cores, both
+  sides); then, after the changes below, the IBP, CROWN-IBP, CROWN and α-CROWN rows of both sides again with
+  `--resume --redo NET:METHOD,... --methods ... --rounds 3` (`--rounds 5` for IBP and CROWN-IBP on the CIFAR nets:
+  rows of a few milliseconds, whose time moved by up to 2× between fresh processes), the machine's other jobs
+  stopped meanwhile. The rows measured in rounds are listed above with every round's time.
+- Ours runs in the certification form: intermediate bounds intersected with IBP's (what `tightcert certify`
+  runs). auto_LiRPA's defaults intersect part of the way: its sparse intermediate bounds keep IBP's bounds for
+  the neurons IBP proves stable in every sample of the batch, so its CROWN depends on the batch (on mlp_2x100 at
+  batch 100 it is pure CROWN, at the alpha batch of 10 tighter). Ours is never looser than either.
+- auto_LiRPA under torch 2.14.1: `torch.clamp(t, 0., 1.)` has gradient 0 at t = 0 and t = 1, and auto_LiRPA
+  starts every slope exactly there and clamps it before use, so no slope would ever move and its α-CROWN would
+  return its CROWN after all its iterations. The benchmark adds `α − α.detach()` (zero) at those points
+  (`_mend_lirpa_alpha_gradient`): its values are unchanged and its slopes optimise as written.
+- `alpha-crown/final`: auto_LiRPA's `fix_interm_bounds` alone does not fix the intermediate bounds: without
+  `interm_bounds` handed in, every call of its optimised bound re-bounds every layer with the slopes, which is
+  full α-CROWN (on mlp_2x100's ten alpha samples it ended exactly at its `alpha-crown` bound). Its row now runs its
+  CROWN and hands the bounds left on its nodes back in, inside the timed call, as ours computes CROWN's
+  intermediate bounds inside its own.
+- `alpha-crown` (all layers): both sides run 20 iterations (auto_LiRPA's early stop off) and end tighter than
+  their CROWN. Ours re-bounds every intermediate layer with slopes of its own per (sample, neuron spec, earlier
+  neuron) and intersects each new bound with the best so far; the gradient now passes through that intersection
+  as if it were not there (`alpha._kept_straight_through`): through `torch.maximum` it was 0 wherever an earlier
+  iteration had been tighter, which froze those neurons' slopes and left ours looser than auto_LiRPA on
+  mlp_2x100. Conv layers over a chain of single-input ops are bounded on window coefficients (each neuron's
+  receptive field only, as auto_LiRPA's patches mode; `toolkit/bounds/patches.py`) with one slope per window
+  cell, fully connected layers keep slopes only for unstable neurons (sparse α), Adam runs fused, samples are
+  grouped into cache-sized sub-batches (`kernels.ALPHA_GROUP_ELEMS`), and a window ReLU's gathered relaxation is
+  reused across iterations while its bounds do not change. Its tensor memory is under auto_LiRPA's on every net:
+  the input concretization keeps sgn(g) in one byte per coefficient and ReLU's line choice saves three tensors
+  instead of five (`backward._Concretize`, `ops._ReluLines`).
+- `ibp`: our graph holds the prepended per-channel Normalize of the CIFAR nets, whose box auto_LiRPA's view gets
+  ready-made (below). IBP alone drops each node's bounds after their last use unless a relaxation would need
+  them, an affine op whose input bounds nobody reads afterwards builds its centre in their memory
+  (`Rule.ibp_donated`), and the spec merged into the last layer takes its centre through the K logits.
+- CROWN on the conv nets: a window's cells are read from an unfold of the map at the windows' own grid (a conv's
+  stride), no longer at every position: on cifar_base_kw that unfold, at stride 1 and once per chunk of neuron
+  specs, had been most of CROWN's time.
+- The one row missed: `crown` on cifar_base_kw, 1.00× auto_LiRPA's time at the median of three rounds, ours
+  slower in each round (1.706 vs 1.489, 2.194 vs 2.187, 2.460 vs 2.271 s), at 0.35× its tensor memory and the
+  same bound. Most of the call is the second conv layer's unstable neurons on window coefficients, and there most
+  of the time is the input concretization: each spec's window of the box's centre and radius is copied out per
+  spec (`patches.window_values`: an index_select of the unfolded map) and multiplied element-wise, where
+  auto_LiRPA's patches share one unfolded input across the output channels. Concretizing the windows position by
+  position, without the per-spec copy, is the next step; not done.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
-  into the normalised space ((box − mean) / std, the same bounds: the mean bounds agree). Its
-  `alpha-crown/final` on resnet_2b at batch 100 was killed for memory on this machine (the main table's note)."""
+  into the normalised space ((box − mean) / std, the same bounds: the mean bounds agree). Rows killed for
+  memory are marked so in the main table."""
 
 
 def _rounds_text(data: dict) -> str:
