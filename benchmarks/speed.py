@@ -127,9 +127,8 @@ def measure(net, method, batch, device):
         with torch.no_grad():  # alpha-crown enables autograd for its own slopes only
             # As certification runs it: no autograd, no recorded optimum (training's cost is in train_epoch.py).
             name, _, scope = method.partition("/")  # alpha-crown/final: the final pass's slopes only
-            return compute_bounds(graph, inp, C, name, optimum=False, **_certification_form(name),
-                                  **({"alpha_iters": 20, "alpha_scope": scope or "all"} if name == "alpha-crown"
-                                     else {})).lower.mean()
+            return compute_bounds(graph, inp, C, name, alpha_iters=20, alpha_scope=scope or "all",
+                                  optimum=False, **_certification_form(name)).lower.mean()
 
     if method.startswith("auto_lirpa:"):
         view = _lirpa_view(net, graph, x, inp)  # built once: the CROWN start below bounds the same view

@@ -244,10 +244,16 @@ def _optimise(graph, inp, C, bounds, shapes, layers, iters, lr, deadline=None):
     return best_lower, best, best_final
 
 
+def _kept(new, best, tighter):
+    """The tighter of ``new`` and ``best`` per neuron (``tighter``: ``torch.gt`` for lower bounds, ``torch.lt``
+    for upper ones); a NaN ``new`` keeps ``best``."""
+    return torch.where(tighter(new, best), new, best)
+
+
 def _kept_straight_through(new, best, tighter):
-    """The tighter of ``new`` and ``best`` per neuron (a NaN or infinite ``new`` keeps ``best``) in value, with
-    ``new``'s gradient wherever it is finite (``_sweep``)."""
-    kept = torch.where(tighter(new, best), new, best)
+    """``_kept`` in value (an infinite ``new`` keeps ``best`` too), with ``new``'s gradient wherever it is finite
+    (``_sweep``)."""
+    kept = _kept(new, best, tighter)
     return torch.where(torch.isfinite(new), new + (kept - new).detach(), kept)
 
 
@@ -256,5 +262,4 @@ def _tighter(old, new):
     ``new`` is the same pair (a layer the sweep did not re-bound keeps its tensors, so cached gathers stay valid)."""
     if new[0] is old[0] and new[1] is old[1]:
         return old
-    l, u = new[0].detach(), new[1].detach()
-    return (torch.where(l > old[0], l, old[0]), torch.where(u < old[1], u, old[1]))
+    return _kept(new[0].detach(), old[0], torch.gt), _kept(new[1].detach(), old[1], torch.lt)

@@ -141,12 +141,7 @@ class AffineRule(Rule):
 
     def ibp(self, node, bounds):
         lo, hi = bounds
-        out_mid, out_rad = self.interval(node, (hi + lo) / 2, (hi - lo) / 2)
-        if out_mid.requires_grad or out_rad.requires_grad:
-            return out_mid - out_rad, out_mid + out_rad
-        # Nothing records these temporaries: the upper bound takes the centre's memory (one output-sized
-        # tensor less at the op's peak).
-        return out_mid - out_rad, out_mid.add_(out_rad)
+        return self._box(*self.interval(node, (hi + lo) / 2, (hi - lo) / 2))
 
     def ibp_donated(self, node, pair):
         lo, hi = pair
@@ -158,7 +153,15 @@ class AffineRule(Rule):
         rad = hi.sub(lo).div_(2)
         mid = hi.add_(lo).div_(2)
         del lo, hi
-        out_mid, out_rad = self.interval(node, mid, rad)
+        return self._box(*self.interval(node, mid, rad))
+
+    @staticmethod
+    def _box(out_mid, out_rad):
+        """(lower, upper) from the output's centre and radius."""
+        if out_mid.requires_grad or out_rad.requires_grad:
+            return out_mid - out_rad, out_mid + out_rad
+        # Nothing records these temporaries: the upper bound takes the centre's memory (one output-sized
+        # tensor less at the op's peak).
         return out_mid - out_rad, out_mid.add_(out_rad)
 
     def interval(self, node, mid, rad):
