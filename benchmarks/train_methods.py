@@ -3,13 +3,16 @@
     python -m benchmarks.train_methods [--budget 1800] [--eps 0.1,0.3] [--rows IBP,SABR,...] [--seeds 0]
         [--second-seed] [--profile cpu|smoke] [--out benchmarks/results/train_methods_cpu.h5]
         [--work-dir build/train_methods] [--data-root DIR] [--after-cell 'SHELL COMMAND'] [--table-only]
-        [--park] [--parked benchmarks/results/train_methods_parked]
+        [--park] [--parked benchmarks/results/train_methods_parked] [--drop RUN[,RUN]]
 
 Every cell trains Wong et al.'s MNIST "Small" conv net (``toolkit.zoo``) from scratch with one method
 (``ROWS``) at one ε, seed 0, on all 60,000 training images, for the same measured budget of one core
-(``--budget`` seconds, default 1800): before training, 10 steps of the method at the full training ε are
-timed (after a warm-up step) and the epoch count is the budget divided by the measured epoch time (at least
-2: the schedule's clean epoch and one ramp epoch). All rows share CROWN-IBP's MNIST schedule (Zhang et al. 2020: batch 256, Adam 5e-4, a clean warm-up of 5 %
+(``--budget`` seconds, default 1800): before training, 10 steps of the method are timed (after a warm-up
+step) in each of the schedule's two phases: mid-ramp (CROWN-IBP's CROWN pass at β = 0.5, fast init's warm-up
+regularizer on) and after the ramp (full training ε, β = 0: CROWN-IBP is plain IBP, the regularizer is off). The
+epoch count is the most epochs whose scaled schedule fits the budget, the clean warm-up and ramp epochs at the
+first cost and the rest at the second (at least 2: the schedule's clean epoch and one ramp epoch). Charging
+every epoch at the ramp's cost, as the first cells of the run did, gave CROWN-IBP a third of the budget. All rows share CROWN-IBP's MNIST schedule (Zhang et al. 2020: batch 256, Adam 5e-4, a clean warm-up of 5 %
 of the epochs, a linear ε ramp over 25 %, lr ×0.1 at 65 % and 95 %; ``table1.CI_MNIST`` scaled by
 ``table1._shrunk``); CROWN-IBP keeps its β 1 → 0, and IBP and CROWN-IBP their papers' natural-CE mixing κ 1 →
 0.5 (the adversarial-mix methods train on their own loss alone, as in their papers). ε = 0.1 trains at 0.1, ε = 0.3 at 0.4
@@ -26,7 +29,8 @@ Cells run one after the other; a second process with the same command takes the 
 flock per cell folder), so two single-thread processes use two cores. A killed cell resumes from its epoch
 checkpoint (``WORK/<run>/model.ckpt``) and its evaluation from ``eval.h5.partial``; finished cells live in the
 results file (per-sample runs, gzip, and the cell's settings and times under ``/table1/cells/<run>``) and are
-skipped. The markdown is generated from the results file alone (``--table-only``; a test regenerates it).
+skipped (``--drop RUN`` removes a stored cell, so that the next run trains it again). The markdown is
+generated from the results file alone (``--table-only``; a test regenerates it).
 
 Parking (the work dir does not survive a fresh clone, the repository does): stop both processes, then
 ``--park`` copies every unfinished cell's last epoch checkpoint and its ``plan.json`` (the measured epoch count)
@@ -106,9 +110,9 @@ def cell(profile: str, row: str, eps_label: str, seed: int) -> dict:
 
 # -- the budget --------------------------------------------------------------------------------------------------
 
-def epoch_seconds(c: dict, prof: dict, data_root, steps: int = 10) -> float:
-    """Seconds per epoch of ``c``'s method at its full training ε: the median of ``steps`` timed steps (after
-    one warm-up step) times the steps per epoch."""
+def epoch_seconds(c: dict, prof: dict, data_root, steps: int = 10) -> tuple:
+    """Seconds per epoch of ``c``'s method (mid-ramp, after the ramp): the median of ``steps`` timed steps in each
+    phase (after one warm-up step) times the steps per epoch."""
     import torch
 
     from toolkit import zoo
@@ -121,19 +125,37 @@ def epoch_seconds(c: dict, prof: dict, data_root, steps: int = 10) -> float:
     n = len(ds)
     graph = zoo.build(c["zoo"], "mnist", c["seed"])
     s = c["settings"]
-    sched = EpsSchedule(c["train_eps"], 1, 0, 2)  # mid-ramp: the CROWN pass of CROWN-IBP still runs (β = 0.5)
+    sched = EpsSchedule(c["train_eps"], 1, 0, 2)  # step 1: mid-ramp (β = 0.5); step 2: the ramp's end (β = 0)
     loss_fn = make_loss(s["method"], beta=BetaSchedule(sched, 0.0), kappa=KappaSchedule(sched, 0.5),
                         warmup_reg=s.get("warmup_reg", 0.0), eps_max=c["train_eps"])
     opt = torch.optim.Adam(graph.parameters(), lr=5e-4)
-    times = []
-    for i in range(steps + 1):
-        x, y = ds.x[(i * bs) % n:(i * bs) % n + bs], ds.y[(i * bs) % n:(i * bs) % n + bs]
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_fn(graph, x, y, sched.value(1), 1).loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]) * math.ceil(n / bs)
+    out = []
+    for step in (1, 2):
+        times = []
+        for i in range(steps + 1):
+            x, y = ds.x[(i * bs) % n:(i * bs) % n + bs], ds.y[(i * bs) % n:(i * bs) % n + bs]
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss_fn(graph, x, y, sched.value(step), step).loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        out.append(statistics.median(times[1:]) * math.ceil(n / bs))
+    return tuple(out)
+
+
+def planned_epochs(prof: dict, ramp_s: float, after_s: float, budget: float) -> int:
+    """The most epochs whose schedule (``prof``'s scaled to them) costs at most ``budget`` seconds: its clean
+    warm-up and ramp epochs at ``ramp_s`` each (CROWN-IBP's β and the warm-up regularizer fade with the ramp),
+    the rest at ``after_s``; at least ``prof["min_epochs"]``."""
+    def cost(n):
+        s = _shrunk(prof["schedule"], n)
+        ramped = min(n, s["warmup"] + s["ramp"])
+        return ramped * ramp_s + (n - ramped) * after_s
+
+    n = prof["min_epochs"]
+    while cost(n + 1) <= budget:
+        n += 1
+    return n
 
 
 def train_settings(c: dict, prof: dict, epochs: int) -> dict:
@@ -144,6 +166,15 @@ def train_settings(c: dict, prof: dict, epochs: int) -> dict:
 
 
 # -- running ---------------------------------------------------------------------------------------------------
+
+def _epoch_s(p: dict) -> str:
+    """The measured epoch seconds of a plan or cell: one figure, or "ramp / after" when the phases differ (a
+    plan measured before the phases were, has one)."""
+    after = p.get("epoch_s_after_ramp")
+    if after is None or round(after) == round(p["epoch_s"]):
+        return f"{p['epoch_s']:.0f}"
+    return f"{p['epoch_s']:.0f} / {after:.0f}"
+
 
 def run_cell(c: dict, out: Path, work: Path, args) -> None:
     from toolkit.certify import certify
@@ -162,14 +193,14 @@ def run_cell(c: dict, out: Path, work: Path, args) -> None:
     budget = prof["budget"] if args.budget is None else args.budget
     plan = folder / "plan.json"  # the epoch count is measured once: a resumed cell keeps its schedule
     if not plan.is_file():
-        sec = epoch_seconds(c, prof, args.data_root)
-        _write_text(plan, json.dumps({"epoch_s": sec, "budget_s": budget,
-                                      "epochs": max(prof["min_epochs"], int(budget // sec))}))
+        ramp_s, after_s = epoch_seconds(c, prof, args.data_root)
+        _write_text(plan, json.dumps({"epoch_s": ramp_s, "epoch_s_after_ramp": after_s, "budget_s": budget,
+                                      "epochs": planned_epochs(prof, ramp_s, after_s, budget)}))
     p = json.loads(plan.read_text())
     kw = train_settings(c, prof, p["epochs"])
     onnx = folder / "model.onnx"
     if not onnx.is_file():
-        _log(f"{c['run']}: {p['epochs']} epochs ({p['epoch_s']:.0f} s each measured, budget {p['budget_s']:.0f} s)")
+        _log(f"{c['run']}: {p['epochs']} epochs ({_epoch_s(p)} s each measured, budget {p['budget_s']:.0f} s)")
         kw["lr_milestones"] = tuple(kw.get("lr_milestones", ()))
         train(c["zoo"], eps=c["train_eps"], out=str(onnx), dataset="mnist", eval_eps=c["eps"],
               allow_larger_train_eps=True, train_data=_resolve(prof["train_data"]),
@@ -187,10 +218,44 @@ def run_cell(c: dict, out: Path, work: Path, args) -> None:
                 model_path=str(onnx), model_sha256=sha256_file(onnx), data_name=prof["test_data"], split="test",
                 pgd_steps=prof["pgd_steps"], batch_size=prof["eval_batch_size"], device=args.device, seed=c["seed"],
                 progress=False)
-    extra = {"epochs": p["epochs"], "epoch_s": p["epoch_s"], "budget_s": p["budget_s"],
+    extra = {"epochs": p["epochs"], "epoch_s": p["epoch_s"], "epoch_s_after_ramp": p.get("epoch_s_after_ramp"),
+             "budget_s": p["budget_s"],
              "train_time_s": train_time(folder / "model.h5"), "train": kw, "onnx": str(onnx)}
     add_cell(out, report, c, extra, out.with_suffix(".md"), lambda: markdown(out), args.after_cell,
              "TRAIN_METHODS_RUN")
+
+
+def drop_cells(out: Path, runs: list, work: Path) -> None:
+    """Remove stored cells ``runs`` (their settings and per-sample run) from the results file and their folders
+    from ``work``, so that the next run trains them again: the file is copied without them under the results
+    folder's lock and renamed (HDF5 does not give back a deleted group's space)."""
+    import shutil
+
+    import h5py
+
+    from toolkit.errors import BadInputError
+    from toolkit.fileio import atomic_path
+
+    with _flock(out.parent):
+        missing = sorted(set(runs) - set(table1.read_cells(out)))
+        if missing:
+            raise BadInputError(f"no stored cell {', '.join(missing)} in {out}")
+        with atomic_path(out) as tmp, h5py.File(out, "r") as src, h5py.File(tmp, "w") as dst:
+            dst.attrs.update(src.attrs)
+            for top in src:
+                dst.require_group(top).attrs.update(src[top].attrs)
+                for name in src[top]:
+                    path = f"{top}/{name}"
+                    if path == "table1/cells":
+                        g = dst.require_group(path)
+                        for run in src[path]:
+                            if run not in runs:
+                                src.copy(src[f"{path}/{run}"], g, name=run)
+                    elif not (top == "runs" and name in runs):
+                        src.copy(src[path], dst[top], name=name)
+        _write_text(out.with_suffix(".md"), markdown(out))
+    for run in runs:
+        shutil.rmtree(work / run, ignore_errors=True)
 
 
 def second_seed_rows(out: Path, eps_label: str, rows) -> list:
@@ -294,10 +359,11 @@ def cells_table(out: Path) -> str:
         tb = [float(t) for t in run.attrs.get("time_bounds", [])]
         crown_n = int(run.attrs.get("n_bounds", [0] * len(CERTIFIERS))[-1]) if "n_bounds" in run.attrs else None
         crown = f"{tb[-1] / crown_n:.3f}" if tb and crown_n else "-"
-        rows.append([r, c["seed"], c["train_eps"], c["epochs"], f"{c['epoch_s']:.0f}", f"{c['budget_s']:.0f}",
+        rows.append([r, c["seed"], c["train_eps"], c["epochs"], _epoch_s(c), f"{c['budget_s']:.0f}",
                      f"{c['train_time_s']:.0f}" if c.get("train_time_s") is not None else "-",
                      f"{float(run.attrs['wall_time']):.0f}", crown])
-    return tabulate(rows, headers=["run", "seed", "train ε", "epochs", "epoch s (measured)", "budget s",
+    return tabulate(rows, headers=["run", "seed", "train ε", "epochs", "epoch s (ramp / after, measured)",
+                                   "budget s",
                                    "train s", "eval s", "CROWN s / image"], tablefmt="github", disable_numparse=True)
 
 
@@ -310,7 +376,8 @@ def markdown(out: Path) -> str:
         "Command (resumable; the module docstring says how to run it on two cores): "
         f"`python -m benchmarks.train_methods{'' if profile == 'cpu' else ' --profile ' + profile}`", "",
         f"Errors in %. Model `{p['zoo']}`, trained from scratch on all training images with one method per row "
-        "for the same measured budget of one core per cell (epochs = budget / measured epoch time), CROWN-IBP's "
+        "for the same measured budget of one core per cell (the most epochs whose schedule fits it, each phase at "
+        "its measured epoch time: ramp epochs at the ramp's, the rest at the cost after it), CROWN-IBP's "
         "MNIST schedule scaled to those epochs; evaluated on the full test set with 100 PGD steps and the "
         "cascade IBP → CROWN-IBP → CROWN. Values are mean ± sd over the finished seeds. The published column is "
         "context from other papers, other (larger) models and GPU budgets: not comparable cell by cell. "
@@ -333,6 +400,9 @@ def parse_args(argv):
     p.add_argument("--after-cell", default=None, help="shell command run after each finished cell "
                                                       "(env TRAIN_METHODS_RUN: the cell's run name)")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--drop", default=None, metavar="RUN[,RUN]",
+                   help="remove these stored cells from --out and --work-dir (to train them again), rewrite "
+                        "the md, then exit")
     p.add_argument("--park", action="store_true", help="copy unfinished cells' checkpoints into --parked (to "
                                                        "commit), then exit; stop the benchmark first")
     p.add_argument("--parked", default=None, help="parked checkpoints (default: "
@@ -356,6 +426,13 @@ def main(argv=None) -> int:
         return 2
     if args.parked is None:
         args.parked = str(PARKED if args.profile == "cpu" else ROOT / "build" / f"train_methods_{args.profile}_parked")
+    if args.drop:
+        try:
+            drop_cells(out, [r for r in args.drop.split(",") if r], Path(args.work_dir))
+        except TightcertError as e:
+            print(f"train_methods: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.park:
         stored = set(table1.read_cells(out)) if out.exists() else set()
         try:

@@ -24,7 +24,8 @@ def test_smoke_cells_budget_resume_and_second_seed(tmp_path, capsys):
     assert all(v["finished"] and v["n"] == 16 for v in vals.values())
     for r, c in cells.items():
         plan = json.loads((work / r / "plan.json").read_text())
-        assert c["epochs"] == plan["epochs"] == max(2, int(plan["budget_s"] // plan["epoch_s"]))
+        assert c["epochs"] == plan["epochs"] == tm.planned_epochs(tm.PROFILES["smoke"], plan["epoch_s"],
+                                                                  plan["epoch_s_after_ramp"], plan["budget_s"])
         assert c["train"]["epochs"] == c["epochs"] and c["train"]["method"] == tm.ROWS[c["row"]]["method"]
         assert ("kappa_final" in c["train"]) == (c["row"] in ("IBP", "IBP + fast init", "CROWN-IBP"))
     md = out.with_suffix(".md").read_text()
@@ -85,3 +86,43 @@ def test_park_carries_an_unfinished_cell_and_its_plan_to_a_fresh_work_dir(tmp_pa
     assert (tmp_path / "w2" / run_name / "plan.json").read_text() == plan.read_text()
     assert_marked(first, onnx_weights(tmp_path / "w2" / run_name / "model.onnx"))
     assert run("w2", "--park") == 0 and not (parked / run_name).exists()
+
+
+def test_the_plan_charges_each_phase_its_own_epoch_cost():
+    """CROWN-IBP's CROWN pass and fast init's regularizer stop with the ramp: epochs after it cost less, so the
+    budget buys more of them than budget / ramp cost (the first plans charged every epoch the ramp's cost)."""
+    prof = tm.PROFILES["cpu"]
+
+    def cost(n, ramp_s, after_s):
+        s = table1._shrunk(prof["schedule"], n)
+        ramped = s["warmup"] + s["ramp"]
+        return ramped * ramp_s + (n - ramped) * after_s
+
+    for ramp_s, after_s in [(112.0, 17.0), (21.0, 16.0), (56.0, 56.0)]:
+        n = tm.planned_epochs(prof, ramp_s, after_s, 1800)
+        assert cost(n, ramp_s, after_s) <= 1800 < cost(n + 1, ramp_s, after_s)
+    assert tm.planned_epochs(prof, 56.0, 56.0, 1800) == 1800 // 56  # one phase cost: budget / epoch time
+    assert tm.planned_epochs(prof, 112.0, 17.0, 1800) > 2 * (1800 // 112)
+    assert tm.planned_epochs(prof, 10.0, 10.0, 0) == prof["min_epochs"]
+
+
+def test_drop_removes_a_stored_cell_and_keeps_the_others(tmp_path, capsys):
+    out, work = tmp_path / "r.h5", tmp_path / "work"
+    base = ["--profile", "smoke", "--out", str(out), "--work-dir", str(work), "--eps", "0.1", "--budget", "0"]
+    assert tm.main(base + ["--rows", "IBP,MTL-IBP"]) == 0
+    before = table1.cell_values(out)
+    kept_run = lambda out, dropped: next(r for r in table1.read_cells(out) if r != dropped)  # noqa: E731
+    ibp = next(r for r, c in table1.read_cells(out).items() if c["row"] == "IBP")
+    assert tm.main(["--out", str(out), "--work-dir", str(work), "--drop", ibp]) == 0
+    assert not (work / ibp).exists() and (work / kept_run(out, ibp)).is_dir()
+    cells = table1.read_cells(out)
+    assert ibp not in cells and len(cells) == 1
+    (kept,) = cells
+    assert table1.cell_values(out)[kept] == before[kept]
+    assert f"| {ibp}" not in out.with_suffix(".md").read_text()
+    assert tm.main(["--out", str(out), "--work-dir", str(work), "--drop", ibp]) == 2
+    assert f"no stored cell {ibp}" in capsys.readouterr().err
+    assert tm.main(base + ["--rows", "IBP,MTL-IBP"]) == 0
+    err = capsys.readouterr().err  # the dropped cell is trained and evaluated again, the other one skipped
+    assert f"{ibp}: 2 epochs" in err and f"{ibp}: evaluating" in err and kept not in err
+    assert set(table1.read_cells(out)) == {ibp, kept}
