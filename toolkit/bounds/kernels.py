@@ -90,3 +90,21 @@ def conv_slice_rows(merged, in_shape, w, groups) -> int:
     return max(1, block_elems(merged, CONV_SLICE_ELEMS) // per_row)
 
 
+
+
+#: Elements of the column buffer (the kernel-matrix product) per block of window coefficients in
+#: ``patches.conv_transpose_patches`` without autograd (4 MiB of float32). One product over all specs wrote
+#: ~85 MB of fresh memory per call on cifar_base_kw's first conv; on this machine (a VM without transparent
+#: huge pages) its first-touch page faults cost more than the product. Blocks reuse one freed buffer.
+PATCH_BLOCK_ELEMS = 2 ** 20
+
+
+def patch_row_blocks(flat: torch.Tensor, per_row: int, weight: torch.Tensor) -> list:
+    """Slices of ``flat``'s rows for ``conv_transpose_patches``: blocks of at most ``PATCH_BLOCK_ELEMS`` column
+    elements (``per_row`` each) without autograd; one slice when autograd records (in-place adds into
+    slices of one output would each add a node to the graph)."""
+    n = flat.shape[0]
+    if torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad):
+        return [slice(None)]
+    rows = max(1, block_elems(flat, PATCH_BLOCK_ELEMS) // max(1, per_row))
+    return [slice(i, i + rows) for i in range(0, n, rows)]

@@ -208,9 +208,15 @@ class Conv2dRule(AffineRule):
                                                                                    node.weight.shape[2:]))
 
     def patch_backward(self, node, P, in_bounds, in_shapes, ctx):
-        bias = (P.data.sum((-1, -2)) * node.bias).sum(-1)   # cells outside the map are already 0
+        P = P.masked(*self._out_hw(node, in_shapes[0][1:]))   # no bias or coefficient for cells off the map
+        bias = (P.data.sum((-1, -2)) * node.bias).sum(-1)
         window = self.patch_geometry(node, P.corner, P.window)
-        return [conv_transpose_patches(P, node.weight, node.stride, window, node.groups, in_shapes[0][1:])], bias
+        return [conv_transpose_patches(P, node.weight, node.stride, window, node.groups)], bias
+
+    @staticmethod
+    def _out_hw(node, in_hw):
+        return tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(in_hw, node.padding, node.weight.shape[2:],
+                                                                    node.stride))
 
     def abs_linear(self, node, rad):
         return F.conv2d(rad, node.weight.abs(), None, node.stride, node.padding, node.dilation, node.groups)

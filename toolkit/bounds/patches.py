@@ -19,13 +19,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 
 @dataclass
 class Patches:
-    """Coefficients ``data`` (N, S, C, h, w) on the window of each spec, the window at ``corner`` (S, 2)."""
+    """Coefficients ``data`` (N, S, C, h, w) on the window of each spec, the window at ``corner`` (S, 2).
+    ``zero_outside``: the coefficients of cells outside the map are known to be 0 (False only straight after
+    a conv's transpose, whose windows may reach into its zero padding)."""
 
     data: torch.Tensor
     corner: torch.Tensor
+    zero_outside: bool = True
 
     @property
     def window(self):
@@ -44,9 +49,11 @@ class Patches:
 
     def masked(self, H: int, W: int) -> "Patches":
         """Zero the coefficients of cells outside an (H, W) map (a conv's zero padding)."""
+        if self.zero_outside:
+            return self
         rows, cols = self._indices()
         if int(rows.min()) >= 0 and int(cols.min()) >= 0 and int(rows.max()) < H and int(cols.max()) < W:
-            return self
+            return Patches(self.data, self.corner)
         valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]   # (S, h, w)
         d = self.data
         if d.shape[0] > 1 and d.stride(0) == 0:   # the same for every sample: mask one copy
@@ -63,6 +70,13 @@ def window_values(t: torch.Tensor, corner: torch.Tensor, window) -> torch.Tensor
     (N or 1, S, C, h, w), 0 on cells outside the map. Every window of the (zero-padded) map is laid out once
     (``unfold``: a row of C·h·w per position), then each spec copies its position's row: contiguous copies
     instead of an element-wise gather."""
+    per_position, pos = unfold_windows(t, corner, window)
+    return per_position.index_select(1, pos).reshape(per_position.shape[0], -1, t.shape[1], *window)
+
+
+def unfold_windows(t: torch.Tensor, corner: torch.Tensor, window) -> tuple:
+    """(the values of ``t`` on every window position of the corners' grid, (N or 1, L, C·h·w); each spec's
+    position in it, (S,)): ``window_values`` before the per-spec copy."""
     h, w = window
     n, c, H, W = t.shape
     rows, cols = corner[:, 0], corner[:, 1]
@@ -78,7 +92,7 @@ def window_values(t: torch.Tensor, corner: torch.Tensor, window) -> torch.Tensor
     t = t[..., r0 + top:, c0 + left:]
     per_position = F.unfold(t, (h, w), stride=(sr, sc)).transpose(1, 2).contiguous()      # (N, L, C·h·w)
     pos = (rows - r0) // sr * ((t.shape[-1] - w) // sc + 1) + (cols - c0) // sc
-    return per_position.index_select(1, pos).reshape(n, -1, c, h, w)
+    return per_position, pos
 
 
 def _grid_step(offsets: torch.Tensor) -> int:
@@ -102,20 +116,59 @@ def unit_patches(rows: torch.Tensor, shape, n: int, like: torch.Tensor, both: bo
 
 def concretize_patches(P: Patches, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                        upper: bool = False) -> torch.Tensor:
-    """``backward.concretize`` for window coefficients on the input: const + g·mid ∓ |g|·rad per window."""
-    mid, rad = P.gather(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1)).chunk(2, 2)
-    spread = (P.data.abs() * rad).flatten(2).sum(-1)
-    return const + P.flat_sum(mid) + (spread if upper else -spread)
+    """``backward.concretize`` for window coefficients on the input: const + g·mid ∓ |g|·rad per window.
+
+    Specs that share a window position in runs (``neuron_bounds`` orders a layer's neurons by cell) take
+    their position's mid and rad once, as one matrix product per run: copying them out for every spec (as
+    ``window_values`` does) and multiplying element-wise was most of CROWN's time on cifar_base_kw."""
+    n, s = P.data.shape[:2]
+    box, pos = unfold_windows(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1), P.corner, P.window)
+    at, counts = torch.unique_consecutive(pos, return_counts=True)
+    if 4 * at.numel() > s:   # scattered positions: one copy per spec (the runs would be one spec long)
+        mid, rad = box.index_select(1, pos).reshape(box.shape[0], s, 2, -1).unbind(2)
+        g = P.data.reshape(n, s, -1)
+        spread = (g.abs() * rad).sum(-1)
+        return const + (g * mid).sum(-1) + (spread if upper else -spread)
+    g, k = P.data.reshape(n, s, -1), box.shape[-1] // 2
+    box = box.expand(n, *box.shape[1:])
+    parts, start = [], 0
+    for p, c in zip(at.tolist(), counts.tolist()):
+        gp, mid, rad = g[:, start:start + c], box[:, p, :k, None], box[:, p, k:, None]
+        spread = torch.bmm(gp.abs(), rad)
+        parts.append(torch.bmm(gp, mid) + (spread if upper else -spread))
+        start += c
+    return const + torch.cat(parts, 1).squeeze(-1)
 
 
-def conv_transpose_patches(P: Patches, weight, stride, window, groups, in_hw) -> Patches:
+def _add_transposed(out, flat, weight, stride) -> None:
+    """out += the transpose of the windows ``flat`` (rows, C_out, h·w) (``conv_transpose_patches``)."""
+    h, w = out.shape[-2] - weight.shape[2], out.shape[-1] - weight.shape[3]
+    h, w = h // stride[0] + 1, w // stride[1] + 1
+    kh, kw = weight.shape[2:]
+    cols = flat.transpose(1, 2) @ weight.reshape(weight.shape[0], -1)   # (rows, h·w, C_in·kh·kw)
+    cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
+    # each kernel offset adds one strided copy of the windows (fold); the offsets as views from unbind,
+    # whose backward is one stack, where indexing cols[..., p, q] zero-filled all of cols per offset
+    # (27 % of a profiled α-CROWN run on MNIST Small; 5-8 % of its wall-clock time)
+    for p, row in enumerate(cols.unbind(4)):
+        for q, part in enumerate(row.unbind(4)):
+            out[:, :, p:p + (h - 1) * stride[0] + 1:stride[0], q:q + (w - 1) * stride[1] + 1:stride[1]] += \
+                part.permute(0, 3, 1, 2)
+
+
+def conv_transpose_patches(P: Patches, weight, stride, window, groups) -> Patches:
     """Window coefficients on a conv's output → on its input: the full transpose of each window (no output
-    cropping), of the (corner, (h, w)) ``window`` the rule's ``patch_geometry`` gives, cells outside the input
-    map zeroed.
+    cropping), of the (corner, (h, w)) ``window`` the rule's ``patch_geometry`` gives. Cells outside the input
+    map are not zeroed (``zero_outside`` False): every later step reads them as 0 anyway (gathers read 0
+    outside the map, and so does the input box), except a conv's bias, which masks first (``Patches.masked``).
+    Zeroing them here, on the larger window, was a fifth of CROWN's time on cifar_base_kw.
 
     As one matrix product (every window cell's channel vector times the kernel matrix) and one strided add per
     kernel offset (the overlapping kernel copies summed into place): the backend's transposed convolution, and
-    ``fold``, are slow on these tiny maps with a huge batch of specs."""
+    ``fold``, are slow on these tiny maps with a huge batch of specs. Without autograd, in blocks of specs
+    (``kernels.patch_row_blocks``): the matrix product's output, 2.6× the windows, stays in a reused block
+    instead of fresh memory per call (on this machine first-touch page faults made that product a third of
+    CROWN's time on cifar_base_kw)."""
     n, s = P.data.shape[:2]
     same = n > 1 and P.data.stride(0) == 0   # identical for every sample (before the first nonlinearity)
     d = P.data[:1] if same else P.data
@@ -123,19 +176,13 @@ def conv_transpose_patches(P: Patches, weight, stride, window, groups, in_hw) ->
     kh, kw = weight.shape[2:]
     corner, size = window
     if groups == 1:
-        cols = d.reshape(-1, co, h * w).transpose(1, 2) @ weight.reshape(co, -1)   # (N·S, h·w, C_in·kh·kw)
-        cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
-        out = cols.new_zeros(cols.shape[0], weight.shape[1], *size)
-        # each kernel offset adds one strided copy of the windows (fold); the offsets as views from unbind,
-        # whose backward is one stack, where indexing cols[..., p, q] zero-filled all of cols per offset
-        # (27 % of a profiled α-CROWN run on MNIST Small; 5-8 % of its wall-clock time)
-        for p, row in enumerate(cols.unbind(4)):
-            for q, part in enumerate(row.unbind(4)):
-                out[:, :, p:p + (h - 1) * stride[0] + 1:stride[0], q:q + (w - 1) * stride[1] + 1:stride[1]] += \
-                    part.permute(0, 3, 1, 2)
+        flat = d.reshape(-1, co, h * w)
+        out = d.new_zeros(flat.shape[0], weight.shape[1], *size)
+        for rows in kernels.patch_row_blocks(flat, h * w * weight[0].numel(), weight):
+            _add_transposed(out[rows], flat[rows], weight, stride)
     else:
         out = F.conv_transpose2d(d.reshape(-1, co, h, w), weight, None, stride, 0, 0, groups)
     out = out.reshape(d.shape[0], s, *out.shape[1:])
     if same:
         out = out.expand(n, *out.shape[1:])
-    return Patches(out, corner).masked(*in_hw)
+    return Patches(out, corner, zero_outside=False)
