@@ -487,7 +487,9 @@ WHY = """Why rows miss or are absent:
   sides); then, after the changes below, the IBP, CROWN-IBP, CROWN and α-CROWN rows of both sides again with
   `--resume --redo NET:METHOD,... --methods ... --rounds 3` (`--rounds 5` for IBP and CROWN-IBP on the CIFAR nets:
   rows of a few milliseconds, whose time moved by up to 2× between fresh processes), the machine's other jobs
-  stopped meanwhile. The rows measured in rounds are listed above with every round's time.
+  stopped meanwhile; last, after the window changes under "CROWN on the conv nets", the `fastlin`, `crown` and
+  α-CROWN rows of both sides on small, cifar_base_kw and resnet_2b (and `convex_adversarial` on the first two) in
+  three rounds the same way. The rows measured in rounds are listed above with every round's time.
 - Ours runs in the certification form: intermediate bounds intersected with IBP's (what `tightcert certify`
   runs). auto_LiRPA's defaults intersect part of the way: its sparse intermediate bounds keep IBP's bounds for
   the neurons IBP proves stable in every sample of the batch, so its CROWN depends on the batch (on mlp_2x100 at
@@ -519,14 +521,16 @@ WHY = """Why rows miss or are absent:
   (`Rule.ibp_donated`), and the spec merged into the last layer takes its centre through the K logits.
 - CROWN on the conv nets: a window's cells are read from an unfold of the map at the windows' own grid (a conv's
   stride), no longer at every position: on cifar_base_kw that unfold, at stride 1 and once per chunk of neuron
-  specs, had been most of CROWN's time.
-- The one row missed: `crown` on cifar_base_kw, 1.00× auto_LiRPA's time at the median of three rounds, ours
-  slower in each round (1.706 vs 1.489, 2.194 vs 2.187, 2.460 vs 2.271 s), at 0.35× its tensor memory and the
-  same bound. Most of the call is the second conv layer's unstable neurons on window coefficients, and there most
-  of the time is the input concretization: each spec's window of the box's centre and radius is copied out per
-  spec (`patches.window_values`: an index_select of the unfolded map) and multiplied element-wise, where
-  auto_LiRPA's patches share one unfolded input across the output channels. Concretizing the windows position by
-  position, without the per-spec copy, is the next step; not done.
+  specs, had been most of CROWN's time. What was left there (cifar_base_kw's CROWN was the one row missed, 1.00×,
+  before this run) was mostly memory touched for the first time: on this machine (a VM; torch's allocations get
+  no transparent huge pages) a fresh tensor's page faults cost several times the arithmetic that fills it. So a
+  conv's transpose of window coefficients runs in blocks of specs that reuse one buffer without autograd
+  (`kernels.PATCH_BLOCK_ELEMS`; one product over all specs wrote ~85 MB of fresh memory per call), a transposed
+  window's padding cells are no longer zeroed (every later read sees 0 there, and a conv masks before its bias),
+  the input concretization takes each window position's box once for a run of specs sharing it (one matrix
+  product per run; `neuron_bounds` orders a layer's neurons by cell) instead of copying it per spec, and a
+  Normalize next to the input is concretized against the box through it (auto_LiRPA's view gets that box
+  ready-made, below). The bounds are unchanged to the last digit printed.
 - CIFAR nets: auto_LiRPA's patches-mode CROWN stops with an AssertionError on our prepended per-channel
   Normalize (constants shaped (C, 1, 1)), so its rows there bound the ONNX graph alone over the same box mapped
   into the normalised space ((box − mean) / std, the same bounds: the mean bounds agree). Rows killed for

@@ -202,3 +202,51 @@ def test_window_values_read_each_window_cell_by_cell(corners):
                 inside = 0 <= r + i < 9 and 0 <= c + j < 8
                 want = t[:, :, r + i, c + j] if inside else torch.zeros(2, 3, dtype=DT)
                 assert torch.equal(got[:, s, :, i, j], want), (s, i, j)
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_window_concretization_by_runs_of_positions_equals_the_per_spec_one(upper):
+    # neuron_bounds orders a layer's neurons by cell, so specs sharing a window position come in runs and
+    # concretize_patches takes each position's box once (a matrix product per run); in any other order it
+    # copies each spec's window. Both are the plain sum const + g·mid ∓ |g|·rad over the window's cells
+    # inside the map (the box reads 0 outside it), checked here cell by cell.
+    from toolkit.bounds.patches import Patches, concretize_patches
+
+    gen = torch.Generator().manual_seed(1)
+    lo = torch.rand(2, 3, 9, 8, generator=gen, dtype=DT)
+    hi = lo + torch.rand(2, 3, 9, 8, generator=gen, dtype=DT)
+    cells = [(-1, -1), (1, 3), (3, -1), (5, 7)]
+    corner = torch.tensor([c for c in cells for _ in range(5)] * 2)           # runs of 5, twice (±e_j)
+    g = torch.randn(2, corner.shape[0], 3, 4, 3, generator=gen, dtype=DT)
+    const = torch.randn(2, corner.shape[0], generator=gen, dtype=DT)
+    want = torch.zeros_like(const)
+    for s, (r, c) in enumerate(corner.tolist()):
+        for i in range(4):
+            for j in range(3):
+                if 0 <= r + i < 9 and 0 <= c + j < 8:
+                    mid, rad = (hi + lo)[:, :, r + i, c + j] / 2, (hi - lo)[:, :, r + i, c + j] / 2
+                    sign = 1 if upper else -1
+                    want[:, s] += (g[:, s, :, i, j] * mid).sum(1) + sign * (g[:, s, :, i, j].abs() * rad).sum(1)
+    runs = concretize_patches(Patches(g, corner), const, lo, hi, upper)
+    perm = torch.randperm(corner.shape[0], generator=gen)                    # scattered: one copy per spec
+    scattered = concretize_patches(Patches(g[:, perm], corner[perm]), const[:, perm], lo, hi, upper)
+    torch.testing.assert_close(runs, const + want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scattered, (const + want)[:, perm], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_transpose_of_windows_in_blocks_equals_one_product(monkeypatch):
+    # without autograd the transpose runs in blocks of specs (kernels.patch_row_blocks, sized for the CPU's
+    # caches and reused memory); with autograd in one product. The same numbers either way.
+    from toolkit.bounds import kernels
+    from toolkit.bounds.patches import Patches, conv_transpose_patches
+
+    gen = torch.Generator().manual_seed(2)
+    P = Patches(torch.randn(3, 7, 4, 2, 3, generator=gen, dtype=DT), torch.tensor([[0, 0]] * 7))
+    weight = torch.randn(4, 3, 3, 2, generator=gen, dtype=DT)
+    window = (torch.zeros(7, 2, dtype=torch.long), ((2 - 1) * 2 + 3, (3 - 1) * 1 + 2))
+    whole = conv_transpose_patches(P, weight.requires_grad_(True), (2, 1), window, 1).data.detach()
+    monkeypatch.setattr(kernels, "PATCH_BLOCK_ELEMS", 50)
+    assert len(kernels.patch_row_blocks(P.data.reshape(21, 4, 6), 6 * 18, weight.detach())) > 3
+    with torch.no_grad():
+        blocks = conv_transpose_patches(P, weight, (2, 1), window, 1).data
+    torch.testing.assert_close(blocks, whole, rtol=1e-12, atol=1e-12)
