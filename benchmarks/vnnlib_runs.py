@@ -8,7 +8,7 @@
 ``../shared/models`` (the csv's own 120–720 s limits capped at CAP, in this process's threads), one model at a
 time; per instance the answer, the seconds and ``truth.csv``'s verdict go to
 ``benchmarks/results/vnnlib_instances.json``, written after each model (a rerun skips finished models, so a
-killed run resumes; ``--force`` re-measures). An answer contradicting ``truth.csv`` stops the run (a
+killed run resumes; ``--force`` re-measures the models given, the others keep their stored runs). An answer contradicting ``truth.csv`` stops the run (a
 soundness bug).
 
 ``conformance``: ``vnnlib-satisfactory run --solver tightcert --timeout T --test CATEGORY`` for every category
@@ -89,16 +89,19 @@ def measure_instances(name: str, cap: float) -> list:
 
 def run_instances_study(models, cap: float, force: bool, argv) -> dict:
     data = _load(INSTANCES, {"models": {}})
-    data.update(command="python -m benchmarks.vnnlib_runs " + " ".join(argv), cap_s=cap, **_machine())
-    if force:
-        data["models"] = {}
+    command = "python -m benchmarks.vnnlib_runs " + " ".join(argv)
+    data.update(command=command, cap_s=cap, **_machine())
+    if force:   # only the models asked for: the others keep their stored runs
+        for name in models:
+            data["models"].pop(name, None)
     for name in models:
         if name in data["models"] and data["models"][name].get("cap_s") == cap:
             print(f"[vnnlib_runs] {name}: stored, skipped", file=sys.stderr)
             continue
         t = time.perf_counter()
         rows = measure_instances(name, cap)
-        data["models"][name] = {"cap_s": cap, "rows": rows, "wall_s": round(time.perf_counter() - t, 1)}
+        data["models"][name] = {"cap_s": cap, "rows": rows, "wall_s": round(time.perf_counter() - t, 1),
+                                "command": command, **_machine()}
         _save(INSTANCES, data)
         print(f"[vnnlib_runs] {name}: {sum(r['result'] in DECIDED for r in rows)}/{len(rows)} decided",
               file=sys.stderr)
@@ -109,7 +112,8 @@ def instances_table(data: dict) -> str:
     from tabulate import tabulate
 
     rows = []
-    for name, m in data["models"].items():
+    order = {n: i for i, n in enumerate(MODELS)}   # a re-measured model keeps its place
+    for name, m in sorted(data["models"].items(), key=lambda nm: order.get(nm[0], len(order))):
         r = m["rows"]
         decided = [x for x in r if x["result"] in DECIDED]
         med = statistics.median(x["time_s"] for x in decided) if decided else float("nan")
@@ -179,12 +183,27 @@ def conformance_line(data: dict) -> str:
 
 # -- markdown --------------------------------------------------------------------------------------------------
 
+def _provenance(inst: dict) -> list:
+    """Which command measured which models (a ``--models ... --force`` run re-measures only those), when more
+    than one did."""
+    by = {}
+    for name, m in inst["models"].items():
+        key = (m.get("command", inst["command"]), m.get("threads", inst["threads"]),
+               m.get("loadavg_at_start", inst["loadavg_at_start"]))
+        by.setdefault(key, []).append(name)
+    if len(by) < 2:
+        return []
+    return ["Measured by: " + "; ".join(f"{', '.join(names)}: `{c}` ({t} thread(s), load average {la} at the start)"
+                                       for (c, t, la), names in by.items()) + ".", ""]
+
+
 def markdown(inst: dict | None, conf: dict | None) -> str:
     out = ["# VNN-LIB: `tightcert verify --instances` on ../shared/models, and the conformance suite", ""]
     if inst:
         out += [f"Command: `{inst['command']}` (cap {inst['cap_s']:g} s per instance; torch {inst['torch']}, "
                 f"{inst['threads']} thread(s), load average {inst['loadavg_at_start']} at the start). No answer "
-                "contradicts `truth.csv` (the run stops if one does).", "", instances_table(inst), ""]
+                "contradicts `truth.csv` (the run stops if one does).", "", instances_table(inst), "",
+                *_provenance(inst)]
     if conf:
         s = conformance_summary(conf)
         out += [f"Command: `{conf['command']}` (per-test timeout {conf['timeout_s']:g} s, one category at a "

@@ -314,3 +314,31 @@ def test_speed_alpha_rows_say_where_each_side_started():
     assert speed.alpha_start_text(data) in speed.markdown(data)
     del data["nets"]["n"]["alpha-crown"]["crown_mean_bound"]
     assert speed.alpha_start_text(data) == "" and "α-CROWN's start" not in speed.markdown(data)
+
+
+def test_vnnlib_instances_force_remeasures_only_the_models_given(tmp_path, monkeypatch):
+    """``instances --models a --force`` replaces a's stored run and keeps every other model's (it once emptied
+    the file first), each model keeping the command that measured it; the table keeps the models' order."""
+    import json
+
+    from benchmarks import vnnlib_runs as v
+
+    calls = []
+
+    def fake(name, cap):
+        calls.append(name)
+        return [{"vnnlib": "q.vnnlib", "result": "unsat", "time_s": float(len(calls)), "truth": "unsat"}]
+
+    monkeypatch.setattr(v, "INSTANCES", tmp_path / "i.json")
+    monkeypatch.setattr(v, "measure_instances", fake)
+    first, second = v.MODELS[:2]
+    v.run_instances_study([first, second], 30.0, False, ["instances"])
+    v.run_instances_study([first], 30.0, False, ["instances"])          # stored: skipped
+    assert calls == [first, second]
+    v.run_instances_study([first], 30.0, True, ["instances", "--models", first, "--force"])
+    data = json.loads(v.INSTANCES.read_text())
+    assert calls == [first, second, first] and list(data["models"]) == [second, first]
+    assert data["models"][second]["rows"][0]["time_s"] == 2.0 and data["models"][first]["rows"][0]["time_s"] == 3.0
+    assert data["models"][first]["command"].endswith("--force") and data["models"][second]["command"].endswith("instances")
+    table = v.instances_table(data).splitlines()
+    assert table[2].split("|")[1].strip() == first and "Measured by:" in v.markdown(data, None)
