@@ -90,8 +90,6 @@ def conv_slice_rows(merged, in_shape, w, groups) -> int:
     return max(1, block_elems(merged, CONV_SLICE_ELEMS) // per_row)
 
 
-
-
 #: Elements of the column buffer (the kernel-matrix product) per block of window coefficients in
 #: ``patches.conv_transpose_patches`` without autograd (4 MiB of float32). One product over all specs wrote
 #: ~85 MB of fresh memory per call on cifar_base_kw's first conv; on this machine (a VM without transparent

@@ -140,11 +140,9 @@ def concretize_patches(P: Patches, const: torch.Tensor, lo: torch.Tensor, hi: to
     return const + torch.cat(parts, 1).squeeze(-1)
 
 
-def _add_transposed(out, flat, weight, stride) -> None:
-    """out += the transpose of the windows ``flat`` (rows, C_out, h·w) (``conv_transpose_patches``)."""
-    h, w = out.shape[-2] - weight.shape[2], out.shape[-1] - weight.shape[3]
-    h, w = h // stride[0] + 1, w // stride[1] + 1
-    kh, kw = weight.shape[2:]
+def _add_transposed(out, flat, hw, weight, stride) -> None:
+    """out += the transpose of the (h, w) = ``hw`` windows ``flat`` (rows, C_out, h·w)."""
+    (h, w), (kh, kw) = hw, weight.shape[2:]
     cols = flat.transpose(1, 2) @ weight.reshape(weight.shape[0], -1)   # (rows, h·w, C_in·kh·kw)
     cols = cols.reshape(-1, h, w, weight.shape[1], kh, kw)
     # each kernel offset adds one strided copy of the windows (fold); the offsets as views from unbind,
@@ -173,13 +171,12 @@ def conv_transpose_patches(P: Patches, weight, stride, window, groups) -> Patche
     same = n > 1 and P.data.stride(0) == 0   # identical for every sample (before the first nonlinearity)
     d = P.data[:1] if same else P.data
     co, h, w = d.shape[2:]
-    kh, kw = weight.shape[2:]
     corner, size = window
     if groups == 1:
         flat = d.reshape(-1, co, h * w)
         out = d.new_zeros(flat.shape[0], weight.shape[1], *size)
         for rows in kernels.patch_row_blocks(flat, h * w * weight[0].numel(), weight):
-            _add_transposed(out[rows], flat[rows], weight, stride)
+            _add_transposed(out[rows], flat[rows], (h, w), weight, stride)
     else:
         out = F.conv_transpose2d(d.reshape(-1, co, h, w), weight, None, stride, 0, 0, groups)
     out = out.reshape(d.shape[0], s, *out.shape[1:])
