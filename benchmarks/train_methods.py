@@ -382,7 +382,11 @@ def markdown(out: Path) -> str:
         "cascade IBP → CROWN-IBP → CROWN. Values are mean ± sd over the finished seeds. The published column is "
         "context from other papers, other (larger) models and GPU budgets: not comparable cell by cell. "
         + PUBLISHED_NOTE, "",
-        main_table(out), "", "## Reading", "", *reading(out), "", "## Cells", "", cells_table(out), ""])
+        main_table(out), "", "## Reading", "", *reading(out), "", "## Cells", "",
+        "Each cell's amount of training is its planned epoch count, fixed before training from the measured epoch "
+        "times. \"train s\" is the trainer's wall-clock time: it includes the pauses of the run (stopped while "
+        "speed benchmarks measured) and contention with other jobs, so it is not the budget.", "",
+        cells_table(out), ""])
 
 
 def parse_args(argv):
