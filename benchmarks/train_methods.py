@@ -5,20 +5,21 @@
         [--work-dir build/train_methods] [--data-root DIR] [--after-cell 'SHELL COMMAND'] [--table-only]
         [--park] [--parked benchmarks/results/train_methods_parked] [--drop RUN[,RUN]]
 
-Every cell trains Wong et al.'s MNIST "Small" conv net (``toolkit.zoo``) from scratch with one method
-(``ROWS``) at one ε, seed 0, on all 60,000 training images, for the same measured budget of one core
-(``--budget`` seconds, default 1800): before training, 10 steps of the method are timed (after a warm-up
-step) in each of the schedule's two phases: mid-ramp (CROWN-IBP's CROWN pass at β = 0.5, fast init's warm-up
-regularizer on) and after the ramp (full training ε, β = 0: CROWN-IBP is plain IBP, the regularizer is off). The
-epoch count is the most epochs whose scaled schedule fits the budget, the clean warm-up and ramp epochs at the
-first cost and the rest at the second (at least 2: the schedule's clean epoch and one ramp epoch). Charging
-every epoch at the ramp's cost, as the first cells of the run did, gave CROWN-IBP a third of the budget. All rows share CROWN-IBP's MNIST schedule (Zhang et al. 2020: batch 256, Adam 5e-4, a clean warm-up of 5 %
-of the epochs, a linear ε ramp over 25 %, lr ×0.1 at 65 % and 95 %; ``table1.CI_MNIST`` scaled by
-``table1._shrunk``); CROWN-IBP keeps its β 1 → 0, and IBP and CROWN-IBP their papers' natural-CE mixing κ 1 →
-0.5 (the adversarial-mix methods train on their own loss alone, as in their papers). ε = 0.1 trains at 0.1, ε = 0.3 at 0.4
-(paper-spec §9.1). Each method's own hyper-parameters are its defaults (``toolkit.train.methods``: MTL-IBP,
-Exp-IBP and CC-IBP α = 0.5 and a 1-step attack; SABR λ = 0.6 and 8 steps; fast init: Shi et al. 2021's
-initialisation and warm-up regularizers, λ = 0.5 as they used).
+Every cell trains Wong et al.'s MNIST "Small" conv net (``toolkit.zoo``) from scratch with one method (``ROWS``)
+at one ε, seed 0, on all 60,000 training images, for the same measured budget of one core (``--budget`` seconds,
+default 1800): before training, 10 steps of the method are timed (after a warm-up step) in each of the
+schedule's two phases: mid-ramp (CROWN-IBP's CROWN pass at β = 0.5, fast init's warm-up regularizer on) and
+after the ramp (full training ε, β = 0: CROWN-IBP is plain IBP, the regularizer is off). The epoch count is the
+most epochs whose scaled schedule fits the budget, the clean warm-up and ramp epochs at the first cost and the
+rest at the second (at least 2: the schedule's clean epoch and one ramp epoch). Charging every epoch at the
+ramp's cost, as the first cells of the run did, gave CROWN-IBP a third of the budget. All rows share CROWN-IBP's
+MNIST schedule (Zhang et al. 2020: batch 256, Adam 5e-4, a clean warm-up of 5 % of the epochs, a linear ε ramp
+over 25 %, lr ×0.1 at 65 % and 95 %; ``table1.CI_MNIST`` scaled by ``table1._shrunk``); CROWN-IBP keeps its β
+1→0, and IBP and CROWN-IBP their papers' natural-CE mixing κ 1→0.5 (the adversarial-mix methods train on their
+own loss alone, as in their papers). ε = 0.1 trains at 0.1, ε = 0.3 at 0.4 (paper-spec §9.1). Each method's own
+hyper-parameters are its defaults (``toolkit.train.methods``: MTL-IBP, Exp-IBP and CC-IBP α = 0.5 and a 1-step
+attack; SABR λ = 0.6 and 8 steps; fast init: Shi et al. 2021's initialisation and warm-up regularizers, λ = 0.5
+as they used).
 
 Evaluation: the full 10,000-image test set, 100 PGD steps, certified by the cascade IBP → CROWN-IBP → CROWN (a
 dearer method only on images the cheaper ones left open and PGD did not break; the md states CROWN's seconds
@@ -363,8 +364,8 @@ def cells_table(out: Path) -> str:
                      f"{c['train_time_s']:.0f}" if c.get("train_time_s") is not None else "-",
                      f"{float(run.attrs['wall_time']):.0f}", crown])
     return tabulate(rows, headers=["run", "seed", "train ε", "epochs", "epoch s (ramp / after, measured)",
-                                   "budget s",
-                                   "train s", "eval s", "CROWN s / image"], tablefmt="github", disable_numparse=True)
+                                   "budget s", "train s", "eval s", "CROWN s / image"], tablefmt="github",
+                    disable_numparse=True)
 
 
 def markdown(out: Path) -> str:

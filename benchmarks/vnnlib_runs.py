@@ -8,8 +8,8 @@
 ``../shared/models`` (the csv's own 120–720 s limits capped at CAP, in this process's threads), one model at a
 time; per instance the answer, the seconds and ``truth.csv``'s verdict go to
 ``benchmarks/results/vnnlib_instances.json``, written after each model (a rerun skips finished models, so a
-killed run resumes; ``--force`` re-measures the models given, the others keep their stored runs). An answer contradicting ``truth.csv`` stops the run (a
-soundness bug).
+killed run resumes; ``--force`` re-measures the models given, the others keep their stored runs). An answer
+contradicting ``truth.csv`` stops the run (a soundness bug).
 
 ``conformance``: ``vnnlib-satisfactory run --solver tightcert --timeout T --test CATEGORY`` for every category
 of the suite, one category at a time in a temporary folder; each test's expected and actual answer and its
@@ -98,10 +98,10 @@ def run_instances_study(models, cap: float, force: bool, argv) -> dict:
         if name in data["models"] and data["models"][name].get("cap_s") == cap:
             print(f"[vnnlib_runs] {name}: stored, skipped", file=sys.stderr)
             continue
-        t = time.perf_counter()
+        t, machine = time.perf_counter(), _machine()   # the load at this model's start
         rows = measure_instances(name, cap)
         data["models"][name] = {"cap_s": cap, "rows": rows, "wall_s": round(time.perf_counter() - t, 1),
-                                "command": command, **_machine()}
+                                "command": command, **machine}
         _save(INSTANCES, data)
         print(f"[vnnlib_runs] {name}: {sum(r['result'] in DECIDED for r in rows)}/{len(rows)} decided",
               file=sys.stderr)

@@ -339,6 +339,7 @@ def test_vnnlib_instances_force_remeasures_only_the_models_given(tmp_path, monke
     data = json.loads(v.INSTANCES.read_text())
     assert calls == [first, second, first] and list(data["models"]) == [second, first]
     assert data["models"][second]["rows"][0]["time_s"] == 2.0 and data["models"][first]["rows"][0]["time_s"] == 3.0
-    assert data["models"][first]["command"].endswith("--force") and data["models"][second]["command"].endswith("instances")
+    assert data["models"][first]["command"].endswith("--force")
+    assert data["models"][second]["command"].endswith("instances")
     table = v.instances_table(data).splitlines()
     assert table[2].split("|")[1].strip() == first and "Measured by:" in v.markdown(data, None)
