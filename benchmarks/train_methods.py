@@ -3,7 +3,7 @@
     python -m benchmarks.train_methods [--budget 1800] [--eps 0.1,0.3] [--rows IBP,SABR,...] [--seeds 0]
         [--second-seed] [--profile cpu|smoke] [--out benchmarks/results/train_methods_cpu.h5]
         [--work-dir build/train_methods] [--data-root DIR] [--after-cell 'SHELL COMMAND'] [--table-only]
-        [--park] [--parked benchmarks/results/train_methods_parked] [--drop RUN[,RUN]]
+        [--readme README.md] [--park] [--parked benchmarks/results/train_methods_parked] [--drop RUN[,RUN]]
 
 Every cell trains Wong et al.'s MNIST "Small" conv net (``toolkit.zoo``) from scratch with one method (``ROWS``)
 at one ε, seed 0, on all 60,000 training images, for the same measured budget of one core (``--budget`` seconds,
@@ -31,7 +31,9 @@ flock per cell folder), so two single-thread processes use two cores. A killed c
 checkpoint (``WORK/<run>/model.ckpt``) and its evaluation from ``eval.h5.partial``; finished cells live in the
 results file (per-sample runs, gzip, and the cell's settings and times under ``/table1/cells/<run>``) and are
 skipped (``--drop RUN`` removes a stored cell, so that the next run trains it again). The markdown is
-generated from the results file alone (``--table-only``; a test regenerates it).
+generated from the results file alone (``--table-only``; a test regenerates it), with a reading per ε (the
+winner, whether its lead exceeds the seed spread, its clean error, its distance to the published figures);
+``--table-only --readme README.md`` also rewrites README's excerpt of it (a test checks README against the .h5).
 
 Parking (the work dir does not survive a fresh clone, the repository does): stop both processes, then
 ``--park`` copies every unfinished cell's last epoch checkpoint and its ``plan.json`` (the measured epoch count)
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -329,23 +332,79 @@ def main_table(out: Path) -> str:
     return tabulate(rows, headers=heads, tablefmt="github", disable_numparse=True)
 
 
-def reading(out: Path) -> list:
-    """One sentence per ε: which row wins on this budget (lowest mean certified error)."""
+def _published_best(eps_label: str):
+    """The lowest published certified error (%) at ``eps_label`` in ``PUBLISHED``: (value, "row [source]")."""
+    found = [(float(v), f"{row} [{src}]") for (row, e), txt in PUBLISHED.items() if e == eps_label
+             for v, src in re.findall(r"([\d.]+) \[(\w)\]", txt)]
+    return min(found) if found else None
+
+
+def _by_row(out: Path, eps_label: str) -> dict:
+    """row -> the finished cells' values (dicts with clean / pgd / cert, one per seed) at ``eps_label``."""
     stored, vals = table1.read_cells(out), table1.cell_values(out)
+    by_row = {}
+    for r, c in sorted(stored.items(), key=lambda rc: rc[1]["seed"]):
+        if c["eps_label"] == eps_label and r in vals:
+            by_row.setdefault(c["row"], []).append(vals[r])
+    return by_row
+
+
+def _order(by_row: dict, rows) -> str:
+    """Whether the gap between the two first rows exceeds their seeds' spread (needs two seeds each)."""
+    (a, va), (b, vb) = rows[0], rows[1]
+    gap = statistics.mean(v["cert"] for v in by_row[b]) - statistics.mean(v["cert"] for v in by_row[a])
+    if min(len(by_row[a]), len(by_row[b])) < 2:
+        return f"the gap ({gap:.2f} points) rests on one seed of {a if len(by_row[a]) < 2 else b}"
+    sd = max(statistics.stdev(v["cert"] for v in by_row[r]) for r in (a, b))
+    verdict = "larger than" if gap > 2 * sd else "within"
+    return f"the gap ({gap:.2f} points) is {verdict} twice their larger seed sd ({sd:.2f})"
+
+
+def reading(out: Path) -> list:
+    """One paragraph per ε, all from the results file: which row wins on this budget (lowest mean certified
+    error), whether its lead over the runner-up exceeds the seed spread, what it pays in clean error, and how far
+    it is from the lowest published figure at that ε (context only: other models and budgets)."""
     lines = []
     for e in EPS:
-        by_row = {}
-        for r, c in stored.items():
-            if c["eps_label"] == e and r in vals:
-                by_row.setdefault(c["row"], []).append(vals[r]["cert"])
+        by_row = _by_row(out, e)
+        mean = {r: {k: statistics.mean(v[k] for v in vs) for k in ("clean", "cert")} for r, vs in by_row.items()}
+        ranked = sorted(mean.items(), key=lambda rv: (rv[1]["cert"], list(ROWS).index(rv[0])))
         if len(by_row) < len(ROWS):
-            lines.append(f"* ε = {e}: {len(by_row)} of {len(ROWS)} rows finished; no winner named yet.")
+            lead = f"; leading so far: {ranked[0][0]} ({ranked[0][1]['cert']:.2f} %)" if ranked else ""
+            lines.append(f"* ε = {e}: {len(by_row)} of {len(ROWS)} rows finished{lead}; no winner named yet.")
             continue
-        mean = {r: statistics.mean(v) for r, v in by_row.items()}
-        best = sorted(mean, key=mean.get)
-        lines.append(f"* ε = {e}: lowest certified error {best[0]} ({mean[best[0]]:.2f} %), then {best[1]} "
-                     f"({mean[best[1]]:.2f} %); the worst is {best[-1]} ({mean[best[-1]]:.2f} %).")
+        (win, w), (second, s), (worst, z) = ranked[0], ranked[1], ranked[-1]
+        cleanest = min(mean, key=lambda r: mean[r]["clean"])
+        text = (f"* ε = {e}: lowest certified error {win} ({w['cert']:.2f} %), then {second} ({s['cert']:.2f} %); "
+                f"{_order(by_row, ranked)}. The worst is {worst} ({z['cert']:.2f} %). {win}'s clean error is "
+                f"{w['clean']:.2f} %" + (", the lowest of all rows." if cleanest == win else
+                                          f"; the lowest is {cleanest}'s ({mean[cleanest]['clean']:.2f} %)."))
+        pub = _published_best(e)
+        if pub:
+            text += (f" The lowest published figure at this ε, {pub[0]:g} % ({pub[1]}), is "
+                     f"{w['cert'] - pub[0]:.1f} points below {win} (×{w['cert'] / pub[0]:.1f}): other, larger models "
+                     "and longer GPU schedules.")
+        lines.append(text)
     return lines
+
+
+def readme_block(out: Path) -> str:
+    """README's excerpt: certified error per row and ε (mean ± sd over seeds, "·" if unfinished), then the
+    reading. ``--readme`` writes it over the block README holds (a test checks that README has this text)."""
+    cols = {e: _by_row(out, e) for e in EPS}
+    table = [f"| method | {' | '.join(f'ε = {e}' for e in EPS)} |", "|---" * (len(EPS) + 1) + "|"]
+    table += [f"| {row} | " + " | ".join(_stats([v["cert"] for v in cols[e].get(row, [])]) for e in EPS) + " |"
+              for row in ROWS]
+    return "\n".join(table) + "\n\n" + "\n".join(reading(out))
+
+
+def update_readme(readme: Path, out: Path) -> None:
+    """Replace README's excerpt (from its table head to the end of the reading) with ``readme_block(out)``."""
+    text = readme.read_text()
+    head = f"| method | {' | '.join(f'ε = {e}' for e in EPS)} |"
+    start = text.index(head)
+    end = text.index("\n\n", text.index("\n\n* ε = ", start) + 2)
+    _write_text(readme, text[:start] + readme_block(out) + text[end:])
 
 
 def cells_table(out: Path) -> str:
@@ -405,6 +464,8 @@ def parse_args(argv):
     p.add_argument("--after-cell", default=None, help="shell command run after each finished cell "
                                                       "(env TRAIN_METHODS_RUN: the cell's run name)")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--readme", default=None, metavar="README.md",
+                   help="also rewrite this README's excerpt (certified-error table and reading) from --out")
     p.add_argument("--drop", default=None, metavar="RUN[,RUN]",
                    help="remove these stored cells from --out and --work-dir (to train them again), rewrite "
                         "the md, then exit")
@@ -467,6 +528,8 @@ def main(argv=None) -> int:
         return 2
     text = markdown(out)
     _write_text(out.with_suffix(".md"), text)
+    if args.readme:
+        update_readme(Path(args.readme), out)
     print(text)
     return 0
 

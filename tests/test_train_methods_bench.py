@@ -126,3 +126,59 @@ def test_drop_removes_a_stored_cell_and_keeps_the_others(tmp_path, capsys):
     err = capsys.readouterr().err  # the dropped cell is trained and evaluated again, the other one skipped
     assert f"{ibp}: 2 epochs" in err and f"{ibp}: evaluating" in err and kept not in err
     assert set(table1.read_cells(out)) == {ibp, kept}
+
+
+def _fake_results(monkeypatch, certs: dict, clean: dict):
+    """Stored cells and values from row -> [certified error per seed] at ε 0.1 (clean: row -> clean error)."""
+    cells, vals = {}, {}
+    for row, errs in certs.items():
+        for seed, err in enumerate(errs):
+            run = f"{row}_s{seed}"
+            cells[run] = dict(row=row, eps_label="0.1", seed=seed)
+            vals[run] = dict(cert=err, clean=clean.get(row, 2.0), pgd=3.0)
+    monkeypatch.setattr(table1, "read_cells", lambda out: cells)
+    monkeypatch.setattr(table1, "cell_values", lambda out: vals)
+
+
+def test_reading_names_the_winner_its_margin_its_price_and_the_published_distance(monkeypatch):
+    certs = {r: [10.0 + i] for i, r in enumerate(tm.ROWS)}
+    certs["SABR"], certs["MTL-IBP"] = [4.0, 4.2], [5.0, 5.4]
+    _fake_results(monkeypatch, certs, {"IBP": 1.0, "SABR": 2.5})
+    eps01, eps03 = tm.reading(None)
+    assert eps01.startswith("* ε = 0.1: lowest certified error SABR (4.10 %), then MTL-IBP (5.20 %); the gap "
+                            "(1.10 points) is larger than twice their larger seed sd (0.28).")
+    assert "The worst is CC-IBP (16.00 %)." in eps01 and "SABR's clean error is 2.50 %; the lowest is IBP's (1.00 %)" \
+        in eps01
+    assert "The lowest published figure at this ε, 1.6 % (MTL-IBP [C]), is 2.5 points below SABR (×2.6)" in eps01
+    assert eps03 == "* ε = 0.3: 0 of 7 rows finished; no winner named yet."
+    certs["MTL-IBP"] = [4.1, 5.5]  # a seed sd of 0.99: the lead is within the noise
+    _fake_results(monkeypatch, certs, {})
+    assert "the gap (0.70 points) is within twice their larger seed sd (0.99)" in tm.reading(None)[0]
+    certs["MTL-IBP"] = [4.5]
+    _fake_results(monkeypatch, certs, {})
+    assert "the gap (0.40 points) rests on one seed of MTL-IBP" in tm.reading(None)[0]
+    del certs["CC-IBP"]
+    _fake_results(monkeypatch, certs, {})
+    assert tm.reading(None)[0] == "* ε = 0.1: 6 of 7 rows finished; leading so far: SABR (4.10 %); no winner named yet."
+    block = tm.readme_block(None)
+    assert "| SABR | 4.10 ± 0.14 | · |" in block and "| CC-IBP | · | · |" in block
+    assert block.endswith("* ε = 0.3: 0 of 7 rows finished; no winner named yet.")
+
+
+def test_committed_results_markdown_and_readme_follow_from_the_h5():
+    """benchmarks/results/train_methods_cpu.md is what the committed .h5 gives (no figure typed by hand), each
+    stored cell was made with its row's current settings, and README's excerpt and reading are the h5's."""
+    stored = table1.read_cells(tm.OUT)
+    assert stored and all(c["settings"] == tm.ROWS[c["row"]] and c["profile"] == "cpu" for c in stored.values())
+    assert tm.OUT.with_suffix(".md").read_text() == tm.markdown(tm.OUT)
+    assert tm.readme_block(tm.OUT) in (table1.ROOT / "README.md").read_text()
+
+
+def test_readme_option_rewrites_only_the_excerpt(tmp_path, monkeypatch):
+    _fake_results(monkeypatch, {"IBP": [5.0]}, {})
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n\n| method | ε = 0.1 | ε = 0.3 |\n|---|---|---|\n| IBP | · | · |\n\n"
+                      "* ε = 0.1: old\n* ε = 0.3: old\n\nnext section\n")
+    tm.update_readme(readme, None)
+    assert readme.read_text() == "intro\n\n" + tm.readme_block(None) + "\n\nnext section\n"
+    assert "| IBP | 5.00 | · |" in readme.read_text()
