@@ -42,10 +42,11 @@ folder (``git add -A benchmarks/results/train_methods_parked``). A cell with not
 from its parked copy (``benchmarks.parking``; the trainer checks that its settings match). About 2 MB a cell.
 
 Cost: 7 rows × 2 ε × 30 min of training, plus the evaluations (CROWN only on the images IBP and CROWN-IBP left
-open) and, with ``--second-seed``, 4 more cells: about 10–11 core-hours. Two cores:
+open) and, with ``--second-seed``, 4 more cells: about 10–11 core-hours. Two cores (each finished cell is
+committed with the md and README's excerpt refreshed: leave README's edits out of the tree while it runs):
 
-    mkdir -p build; export OMP_NUM_THREADS=1 F='benchmarks/results/train_methods_cpu.h5 benchmarks/results/train_methods_cpu.md'
-    C='git add $F && git commit -qm "train_methods: $TRAIN_METHODS_RUN" -- $F'
+    mkdir -p build; export OMP_NUM_THREADS=1 F='benchmarks/results/train_methods_cpu.h5 benchmarks/results/train_methods_cpu.md README.md'
+    C='.venv/bin/python -m benchmarks.train_methods --table-only --readme README.md >/dev/null && git add $F && git commit -qm "train_methods: $TRAIN_METHODS_RUN" -- $F'
     nohup .venv/bin/python -m benchmarks.train_methods --second-seed --after-cell "$C" > build/train_methods_1.log 2>&1 &
     nohup .venv/bin/python -m benchmarks.train_methods --second-seed --after-cell "$C" > build/train_methods_2.log 2>&1 &
 
