@@ -10,14 +10,18 @@ from .common import add_device, add_seed, float_list
 TRAIN_METHODS = ("cp", "crown-ibp", "ibp", "mtl-ibp", "exp-ibp", "cc-ibp", "sabr")
 
 NAME = "train"
-HELP = "train a model-zoo architecture with certified training (CP, CROWN-IBP, IBP) + regularizers d and r"
+HELP = ("train a model-zoo architecture with certified training (CP, CROWN-IBP, IBP, SABR, MTL/Exp/CC-IBP) + "
+        "regularizers d and r")
 DESCRIPTION = """Certified training from scratch (Zhu et al., Eq. 4):
 
     loss = CE(-p*, y) + lambda * mean_batch sum_t d_t + gamma * mean_batch sum_t r_t
 
 p* are the margin lower bounds of the method: cp = Fast-Lin / Wong-Kolter (exact, or Cauchy random
-projections with --proj K), crown-ibp = IBP + CROWN mixed by beta (CROWN-IBP schedules), ibp = interval bounds
-(d and r are not defined for ibp). d (--reg-d) is the gap between the real network at the relaxation's optimal
+projections with --proj K), crown-ibp = IBP + CROWN mixed by beta (CROWN-IBP schedules), ibp = interval bounds.
+sabr (IBP over a small box around a PGD point, --sabr-lambda) and mtl-ibp / exp-ibp / cc-ibp (the adversarial
+and the IBP loss mixed by --mtl-alpha) replace the robust CE with their own; --ibp-init and --warmup-reg add
+Shi et al. 2021's fast-IBP initialisation and warm-up regularizers to any IBP-based method. d and r need a
+relaxation optimum: they are refused for ibp and the IBP-based mixtures. d (--reg-d) is the gap between the real network at the relaxation's optimal
 input and the relaxed optimum; r (--reg-r) the distance of the real pre-activations from the relaxation's
 tight points. eps ramps from --eps-start to --eps over --ramp epochs after --warmup epochs.
 
