@@ -354,8 +354,9 @@ def _order(by_row: dict, rows) -> str:
     """Whether the gap between the two first rows exceeds their seeds' spread (needs two seeds each)."""
     (a, va), (b, vb) = rows[0], rows[1]
     gap = statistics.mean(v["cert"] for v in by_row[b]) - statistics.mean(v["cert"] for v in by_row[a])
-    if min(len(by_row[a]), len(by_row[b])) < 2:
-        return f"the gap ({gap:.2f} points) rests on one seed of {a if len(by_row[a]) < 2 else b}"
+    single = [r for r in (a, b) if len(by_row[r]) < 2]
+    if single:
+        return f"the gap ({gap:.2f} points) rests on one seed " + ("each" if len(single) == 2 else f"of {single[0]}")
     sd = max(statistics.stdev(v["cert"] for v in by_row[r]) for r in (a, b))
     verdict = "larger than" if gap > 2 * sd else "within"
     return f"the gap ({gap:.2f} points) is {verdict} twice their larger seed sd ({sd:.2f})"

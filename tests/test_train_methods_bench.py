@@ -157,7 +157,11 @@ def test_reading_names_the_winner_its_margin_its_price_and_the_published_distanc
     certs["MTL-IBP"] = [4.5]
     _fake_results(monkeypatch, certs, {})
     assert "the gap (0.40 points) rests on one seed of MTL-IBP" in tm.reading(None)[0]
+    certs["SABR"] = [4.0]
+    _fake_results(monkeypatch, certs, {})
+    assert "the gap (0.50 points) rests on one seed each" in tm.reading(None)[0]
     del certs["CC-IBP"]
+    certs["SABR"] = [4.0, 4.2]
     _fake_results(monkeypatch, certs, {})
     assert tm.reading(None)[0] == "* ε = 0.1: 6 of 7 rows finished; leading so far: SABR (4.10 %); no winner named yet."
     block = tm.readme_block(None)
