@@ -120,9 +120,9 @@ def test_readme_table1_excerpt_follows_from_the_h5():
     readme = (table1.ROOT / "README.md").read_text()
     rows = table1.readme_cells("cpu", table1.RESULTS / "table1_cpu.h5")
     assert len(rows) == 6
-    for label, cells in rows.items():
-        line = next(x for x in readme.splitlines() if x.strip().startswith(f"| {label} |"))
-        assert line.rstrip().endswith("| " + " | ".join(cells) + " |"), (label, line)
+    for label, cells in rows.items():  # README has other tables with the same row labels (train_methods')
+        lines = [x.rstrip() for x in readme.splitlines() if x.strip().startswith(f"| {label} |")]
+        assert any(x.endswith("| " + " | ".join(cells) + " |") for x in lines), (label, lines)
 
 
 def test_train_epoch_markdown_is_what_its_json_gives(tmp_path):
