@@ -340,20 +340,21 @@ def _published_best(eps_label: str):
     return min(found) if found else None
 
 
-def _by_row(out: Path, eps_label: str) -> dict:
-    """row -> the finished cells' values (dicts with clean / pgd / cert, one per seed) at ``eps_label``."""
+def _by_eps(out: Path) -> dict:
+    """ε label -> row -> the finished cells' values (dicts with clean / pgd / cert, in seed order): one read."""
     stored, vals = table1.read_cells(out), table1.cell_values(out)
-    by_row = {}
+    by_eps = {e: {} for e in EPS}
     for r, c in sorted(stored.items(), key=lambda rc: rc[1]["seed"]):
-        if c["eps_label"] == eps_label and r in vals:
-            by_row.setdefault(c["row"], []).append(vals[r])
-    return by_row
+        if r in vals:
+            by_eps[c["eps_label"]].setdefault(c["row"], []).append(vals[r])
+    return by_eps
 
 
-def _order(by_row: dict, rows) -> str:
-    """Whether the gap between the two first rows exceeds their seeds' spread (needs two seeds each)."""
-    (a, va), (b, vb) = rows[0], rows[1]
-    gap = statistics.mean(v["cert"] for v in by_row[b]) - statistics.mean(v["cert"] for v in by_row[a])
+def _order(by_row: dict, ranked: list) -> str:
+    """Whether the gap between the two first ``ranked`` rows (row, means) exceeds their seeds' spread (needs two
+    seeds each)."""
+    (a, ma), (b, mb) = ranked[0], ranked[1]
+    gap = mb["cert"] - ma["cert"]
     single = [r for r in (a, b) if len(by_row[r]) < 2]
     if single:
         return f"the gap ({gap:.2f} points) rests on one seed " + ("each" if len(single) == 2 else f"of {single[0]}")
@@ -362,13 +363,13 @@ def _order(by_row: dict, rows) -> str:
     return f"the gap ({gap:.2f} points) is {verdict} twice their larger seed sd ({sd:.2f})"
 
 
-def reading(out: Path) -> list:
+def reading(out: Path, by_eps: dict | None = None) -> list:
     """One paragraph per ε, all from the results file: which row wins on this budget (lowest mean certified
     error), whether its lead over the runner-up exceeds the seed spread, what it pays in clean error, and how far
     it is from the lowest published figure at that ε (context only: other models and budgets)."""
+    by_eps = _by_eps(out) if by_eps is None else by_eps
     lines = []
-    for e in EPS:
-        by_row = _by_row(out, e)
+    for e, by_row in by_eps.items():
         mean = {r: {k: statistics.mean(v[k] for v in vs) for k in ("clean", "cert")} for r, vs in by_row.items()}
         ranked = sorted(mean.items(), key=lambda rv: (rv[1]["cert"], list(ROWS).index(rv[0])))
         if len(by_row) < len(ROWS):
@@ -390,21 +391,24 @@ def reading(out: Path) -> list:
     return lines
 
 
+#: First line of README's excerpt (``update_readme`` finds the block by it).
+README_HEAD = f"| method | {' | '.join(f'ε = {e}' for e in EPS)} |"
+
+
 def readme_block(out: Path) -> str:
     """README's excerpt: certified error per row and ε (mean ± sd over seeds, "·" if unfinished), then the
     reading. ``--readme`` writes it over the block README holds (a test checks that README has this text)."""
-    cols = {e: _by_row(out, e) for e in EPS}
-    table = [f"| method | {' | '.join(f'ε = {e}' for e in EPS)} |", "|---" * (len(EPS) + 1) + "|"]
-    table += [f"| {row} | " + " | ".join(_stats([v["cert"] for v in cols[e].get(row, [])]) for e in EPS) + " |"
+    by_eps = _by_eps(out)
+    table = [README_HEAD, "|---" * (len(EPS) + 1) + "|"]
+    table += [f"| {row} | " + " | ".join(_stats([v["cert"] for v in by_eps[e].get(row, [])]) for e in EPS) + " |"
               for row in ROWS]
-    return "\n".join(table) + "\n\n" + "\n".join(reading(out))
+    return "\n".join(table) + "\n\n" + "\n".join(reading(out, by_eps))
 
 
 def update_readme(readme: Path, out: Path) -> None:
     """Replace README's excerpt (from its table head to the end of the reading) with ``readme_block(out)``."""
     text = readme.read_text()
-    head = f"| method | {' | '.join(f'ε = {e}' for e in EPS)} |"
-    start = text.index(head)
+    start = text.index(README_HEAD)
     end = text.index("\n\n", text.index("\n\n* ε = ", start) + 2)
     _write_text(readme, text[:start] + readme_block(out) + text[end:])
 

@@ -21,9 +21,10 @@ projections with --proj K), crown-ibp = IBP + CROWN mixed by beta (CROWN-IBP sch
 sabr (IBP over a small box around a PGD point, --sabr-lambda) and mtl-ibp / exp-ibp / cc-ibp (the adversarial
 and the IBP loss mixed by --mtl-alpha) replace the robust CE with their own; --ibp-init and --warmup-reg add
 Shi et al. 2021's fast-IBP initialisation and warm-up regularizers to any IBP-based method. d and r need a
-relaxation optimum: they are refused for ibp and the IBP-based mixtures. d (--reg-d) is the gap between the real network at the relaxation's optimal
-input and the relaxed optimum; r (--reg-r) the distance of the real pre-activations from the relaxation's
-tight points. eps ramps from --eps-start to --eps over --ramp epochs after --warmup epochs.
+relaxation optimum: they are refused for ibp, sabr and the mixtures. d (--reg-d) is the gap between the real
+network at the relaxation's optimal input and the relaxed optimum; r (--reg-r) the distance of the real
+pre-activations from the relaxation's tight points. eps ramps from --eps-start to --eps over --ramp epochs
+after --warmup epochs.
 
 Writes PATH.onnx (the trained model, training provenance in its metadata), PATH.h5 (per-epoch metrics in
 /train, the before/after clean, PGD and certified error on the test set) and PATH.ckpt/ (a checkpoint per
