@@ -279,9 +279,10 @@ def run_all(args, out: Path, work: Path) -> list:
     rows = [r for r in args.rows.split(",") if r]
     eps_labels = [e for e in args.eps.split(",") if e]
     todo = [cell(args.profile, r, e, int(s)) for s in args.seeds.split(",") for e in eps_labels for r in rows]
-    failed = []
-    for rnd in range(2):
+    failed, seen = [], set()
+    while todo:
         for c in todo:
+            seen.add(c["run"])
             if c["run"] in table1.read_cells(out):
                 continue
             folder = work / c["run"]
@@ -297,9 +298,12 @@ def run_all(args, out: Path, work: Path) -> list:
                 except TightcertError as e:
                     _log(f"{c['run']}: FAILED: {e}")
                     failed.append((c["run"], str(e)))
-        if not args.second_seed or rnd:
+        if not args.second_seed:
             break
-        todo = [cell(args.profile, r, e, 1) for e in eps_labels for r in second_seed_rows(out, e, rows)]
+        # Asked again after every round: a seed-0 cell another process was running may have finished meanwhile,
+        # and only then is its ε's pair of best rows known (a process that asked once left that pair undone).
+        todo = [c for c in (cell(args.profile, r, e, 1) for e in eps_labels for r in second_seed_rows(out, e, rows))
+                if c["run"] not in seen]
     return failed
 
 

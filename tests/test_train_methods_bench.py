@@ -55,6 +55,39 @@ def test_second_seed_waits_for_every_row(monkeypatch):
     assert tm.second_seed_rows(None, "0.1", ["IBP", "SABR", "CC-IBP"]) == ["SABR", "CC-IBP"]
 
 
+def test_second_seeds_are_asked_again_after_each_round(monkeypatch, tmp_path):
+    """A seed-0 cell another process runs is skipped; when it has finished by the end of this process's next
+    round, that ε's second seeds are still run here (this process once stopped after asking only once)."""
+    import contextlib
+
+    cells, vals, ran, busy = {}, {}, [], {"small_SABR_s0_eps0.3"}
+    cert = {"IBP": 5.0, "SABR": 4.0, "MTL-IBP": 6.0}
+
+    def store(c):
+        cells[c["run"]] = dict(row=c["row"], eps_label=c["eps_label"], seed=c["seed"])
+        vals[c["run"]] = dict(cert=cert[c["row"]] + c["seed"])
+
+    def fake_run_cell(c, out, work, args):
+        ran.append(c["run"])
+        store(c)
+        if c["seed"] == 1 and busy:  # meanwhile the other process finishes its cell and lets go of it
+            store(tm.cell("cpu", "SABR", "0.3", 0))
+            busy.clear()
+
+    @contextlib.contextmanager
+    def fake_flock(folder, wait=True):
+        yield folder.name not in busy
+
+    monkeypatch.setattr(table1, "read_cells", lambda out: cells)
+    monkeypatch.setattr(table1, "cell_values", lambda out: vals)
+    monkeypatch.setattr(tm, "run_cell", fake_run_cell)
+    monkeypatch.setattr(tm, "_flock", fake_flock)
+    args = tm.parse_args(["--rows", "IBP,SABR", "--eps", "0.1,0.3", "--second-seed"])
+    assert tm.run_all(args, tmp_path / "r.h5", tmp_path / "work") == []
+    assert ran == ["small_IBP_s0_eps0.1", "small_SABR_s0_eps0.1", "small_IBP_s0_eps0.3",
+                   "small_SABR_s1_eps0.1", "small_IBP_s1_eps0.1", "small_SABR_s1_eps0.3", "small_IBP_s1_eps0.3"]
+
+
 def test_a_budget_below_one_epoch_still_gets_a_valid_schedule(tmp_path):
     """The epoch count never drops below the schedule's clean epoch plus one ramp epoch (a loaded machine
     once measured an epoch longer than the smoke budget, and the 1-epoch schedule was refused)."""
