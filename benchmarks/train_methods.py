@@ -364,7 +364,8 @@ def _order(by_row: dict, ranked: list) -> str:
         return f"the gap ({gap:.2f} points) rests on one seed " + ("each" if len(single) == 2 else f"of {single[0]}")
     sd = max(statistics.stdev(v["cert"] for v in by_row[r]) for r in (a, b))
     verdict = "larger than" if gap > 2 * sd else "within"
-    return f"the gap ({gap:.2f} points) is {verdict} twice their larger seed sd ({sd:.2f})"
+    text = f"the gap ({gap:.2f} points) is {verdict} twice the larger of their seed sds (2 × {sd:.2f} = {2 * sd:.2f})"
+    return text if gap > 2 * sd else text + ": their seeds do not separate them"
 
 
 def reading(out: Path, by_eps: dict | None = None) -> list:

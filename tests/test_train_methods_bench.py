@@ -179,14 +179,15 @@ def test_reading_names_the_winner_its_margin_its_price_and_the_published_distanc
     _fake_results(monkeypatch, certs, {"IBP": 1.0, "SABR": 2.5})
     eps01, eps03 = tm.reading(None)
     assert eps01.startswith("* ε = 0.1: lowest certified error SABR (4.10 %), then MTL-IBP (5.20 %); the gap "
-                            "(1.10 points) is larger than twice their larger seed sd (0.28).")
+                            "(1.10 points) is larger than twice the larger of their seed sds (2 × 0.28 = 0.57).")
     assert "The worst is CC-IBP (16.00 %)." in eps01 and "SABR's clean error is 2.50 %; the lowest is IBP's (1.00 %)" \
         in eps01
     assert "The lowest published figure at this ε, 1.6 % (MTL-IBP [C]), is 2.5 points below SABR (×2.6)" in eps01
     assert eps03 == "* ε = 0.3: 0 of 7 rows finished; no winner named yet."
     certs["MTL-IBP"] = [4.1, 5.5]  # a seed sd of 0.99: the lead is within the noise
     _fake_results(monkeypatch, certs, {})
-    assert "the gap (0.70 points) is within twice their larger seed sd (0.99)" in tm.reading(None)[0]
+    assert "the gap (0.70 points) is within twice the larger of their seed sds (2 × 0.99 = 1.98): their seeds do " \
+        "not separate them." in tm.reading(None)[0]
     certs["MTL-IBP"] = [4.5]
     _fake_results(monkeypatch, certs, {})
     assert "the gap (0.40 points) rests on one seed of MTL-IBP" in tm.reading(None)[0]
