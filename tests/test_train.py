@@ -520,6 +520,75 @@ def test_clean_guard_keeps_the_last_good_epoch():
     assert all(torch.equal(a, b) for a, b in zip(g.parameters(), good))
 
 
+def test_keep_best_certified_error_by_hand():
+    """On the flip net (logits x, -x) IBP certifies an image at ε iff |x| > ε: at 0.3 the two at ±0.5 of the four,
+    50 %; a misclassified image never counts, however wide its margin."""
+    g, trainer, guard = _flip_guard_setup()
+    g.input_spec.value_range = (-1.0, 1.0)  # the flip net's inputs are signed
+    guard.eps, guard.methods = 0.3, ("ibp",)
+    assert guard.cert_error(g) == 50.0
+    guard.eps = 0.1
+    assert guard.cert_error(g) == 0.0
+    guard.y = torch.tensor([1, 1, 0, 1])  # the first image is now wrong
+    assert guard.cert_error(g) == 25.0 and guard.clean_error(g) == 25.0
+
+
+def test_keep_best_hands_back_the_best_passing_epoch(monkeypatch):
+    """Held-out certified error 50 at the start, then 40 / 45 / 45: training ends with epoch 1's weights; a later
+    tie goes to the later epoch; an epoch as bad as the start never replaces it when it is the best."""
+    from toolkit.train.guard import CleanGuard, summary
+
+    def run(errs):
+        g, trainer, guard = _flip_guard_setup()
+        guard.keep_best = True
+        it = iter(errs)
+        monkeypatch.setattr(CleanGuard, "cert_error", lambda self, graph: next(it))
+        guard.start(trainer)
+        weights = {0: [p.clone() for p in g.parameters()]}
+        for epoch in (1, 2, 3):
+            with torch.no_grad():
+                list(g.parameters())[1].add_(torch.tensor([0.01, 0.0]))  # a change the clean check passes
+            weights[epoch] = [p.clone() for p in g.parameters()]
+            trainer.epoch, m = epoch, {}
+            guard(trainer, m)
+            assert m["guard_cert_err"] == errs[epoch] and not trainer.stopped
+        return summary(trainer.extra)["kept_epoch"], [p.clone() for p in g.parameters()], weights
+
+    kept, final, weights = run([50.0, 40.0, 45.0, 45.0])
+    assert kept == 1 and all(torch.equal(a, b) for a, b in zip(final, weights[1]))
+    kept, final, weights = run([50.0, 40.0, 45.0, 40.0])
+    assert kept == 3 and all(torch.equal(a, b) for a, b in zip(final, weights[3]))
+    kept, final, weights = run([30.0, 40.0, 45.0, 31.0])
+    assert kept == 0 and all(torch.equal(a, b) for a, b in zip(final, weights[0]))
+
+
+def test_finetune_keep_best_reports_the_starting_weights(tiny_npz, tmp_path, monkeypatch):
+    """Through the API: no epoch beats the start on held-out certified error, so the exported model is the
+    starting one, the table says so and the report keeps the per-epoch figures."""
+    from toolkit.report.groups import read_train_group
+    from toolkit.train.guard import CleanGuard
+
+    errs = iter([30.0, 35.0, 32.0])
+    monkeypatch.setattr(CleanGuard, "cert_error", lambda self, graph: next(errs))
+    res = train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "k.onnx", epochs=2, clean_guard=100.0, guard_n=8,
+                                         keep_best=True, seed=5))
+    assert res.guard["kept_epoch"] == 0 and res.guard["start_cert_err"] == 30.0
+    assert "handed back the starting weights" in res.table and "certified error 30.00 % at the start" in res.table
+    attrs, _, _ = read_train_group(tmp_path / "k.h5")
+    assert attrs["guard"]["cert_err_per_epoch"] == [35.0, 32.0]
+    from toolkit import zoo
+    from toolkit.ir.onnx_import import import_onnx
+
+    start = zoo.build("mlp_2x100", "mnist", 5)  # the starting weights: the zoo's init for seed 5
+    exported = import_onnx(tmp_path / "k.onnx")
+    assert all(torch.equal(a, b) for a, b in zip(exported.parameters(), start.parameters()))
+
+
+def test_keep_best_needs_the_guard(tiny_npz, tmp_path):
+    with pytest.raises(BadInputError, match="needs --clean-guard"):
+        train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "n.onnx", keep_best=True))
+
+
 def test_finetune_guard_stops_training_and_reports(tiny_npz, tmp_path, monkeypatch):
     """Through the API: the guard holds out training images, stops after the epoch that exceeds it, exports the
     last good epoch's weights, and records its verdict in the report and the printed table."""

@@ -4,7 +4,11 @@
  1. import models/mnist_mlp_2x100.onnx and describe its layer graph and onnxruntime parity;
  2. certify it on the bundled MNIST test subset (clean / PGD / certified error per method);
  3. fine-tune it briefly with CP (exact Fast-Lin bounds) + the regularizers d and r on the bundled train
-    subset, export the improved ONNX model (checked against onnxruntime);
+    subset, export the improved ONNX model (checked against onnxruntime). finetune's keep-best hands back the
+    epoch (the starting weights included) with the lowest certified error on 400 held-out training images.
+    The default ε, 0.15, lies past the 0.1 the bundled model was trained for: at 0.1 that model is at its own
+    training's optimum (60,000 images), every method tried made it worse on the test subset in one epoch on
+    1,600 images (session 16: +1.7 to +3 points), and keep-best hands back the starting weights;
  4. re-import the exported model and certify it again; draw the fine-tune report's plots.
 
 Everything goes under ``out_dir``: report.h5 (certify), finetuned.onnx, finetuned.h5 (training report),
@@ -56,7 +60,7 @@ def check(out_dir, n, eps, epochs, reg_d, reg_r, pgd_steps) -> Path:
     return out
 
 
-def run_demo(out_dir="out/demo", n=300, eps=0.1, epochs=1, reg_d=0.1, reg_r=0.01, pgd_steps=50, resume=False,
+def run_demo(out_dir="out/demo", n=300, eps=0.15, epochs=1, reg_d=0.1, reg_r=0.01, pgd_steps=50, resume=False,
              device="cpu", seed=0, echo=print) -> DemoResult:
     """Run the four steps (module docstring); ``echo`` receives the text a user should see."""
     from toolkit.certify import certify

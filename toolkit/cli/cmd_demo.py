@@ -14,7 +14,10 @@ The pipeline is toolkit.demo.run_demo (its docstring lists the steps and outputs
 def add_arguments(p):
     p.add_argument("--out-dir", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--n", type=int, default=300, help="test samples to certify (default: 300)")
-    p.add_argument("--eps", type=float, default=0.1, help="l-inf radius in pixels (default: 0.1)")
+    p.add_argument("--eps", type=float, default=0.15,
+                   help="l-inf radius in pixels (default: 0.15, past the 0.1 the bundled model was trained for; at "
+                        "0.1 a brief fine-tune on the 1,600-image subset does not beat that training, and the "
+                        "held-out selection hands back the starting weights)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs (default: 1)")
     p.add_argument("--reg-d", type=float, default=0.1, help="weight λ of regularizer d (default: 0.1)")
     p.add_argument("--reg-r", type=float, default=0.01, help="weight γ of regularizer r (default: 0.01)")

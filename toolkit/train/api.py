@@ -98,6 +98,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     clean_guard: float | None = None  # finetune default 2.0: stop + roll back past +N points of clean error
     guard_n: int = 500               # held-out training images the guard measures (at most a fifth)
+    keep_best: bool = False          # finetune default: hand back the guard's best held-out certified epoch
     batch_size: int = 50
     epochs: int = 20
     seed: int = 0
@@ -179,6 +180,7 @@ def finetune(model_path, *, eps: float, out, mean=None, std=None, callbacks=(), 
     kw.setdefault("lr", 1e-4)
     kw.setdefault("epochs", 1)
     kw.setdefault("clean_guard", 2.0)
+    kw.setdefault("keep_best", kw["clean_guard"] is not None)
     kw.setdefault("eps_start", "auto")
     if kw.get("ramp") is None:
         e, w = kw["epochs"], kw.get("warmup", 0)
@@ -245,6 +247,8 @@ def _validate(cfg: TrainConfig) -> None:
                             "or pass --allow-larger-train-eps (the paper trains at 0.4 for a test eps of 0.3)")
     if cfg.clean_guard is not None and not (math.isfinite(cfg.clean_guard) and cfg.clean_guard >= 0):
         raise BadInputError(f"--clean-guard must be finite and >= 0 (percentage points), got {cfg.clean_guard}")
+    if cfg.keep_best and cfg.clean_guard is None:
+        raise BadInputError("--keep-best selects on the guard's held-out images: it needs --clean-guard")
     for name in ("epochs", "batch_size", "lr_step", "pgd_steps", "eval_batch_size", "guard_n"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "pgd_steps" else 1):
@@ -494,16 +498,29 @@ def _split_guard(cfg, train_ds):
     n = min(cfg.guard_n, len(train_ds) // 5)
     if n < 1:
         raise BadInputError(f"--clean-guard needs at least 5 training images to hold some out, got {len(train_ds)}")
-    return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard)
+    return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard,
+                                                        keep_best=cfg.keep_best, eps=cfg.eval_eps,
+                                                        methods=tuple(cfg.eval_methods))
 
 
 def _guard_line(verdict, stopped) -> str:
     if verdict is None:
         return ""
-    if stopped:
-        return f"\n{stopped}."
-    return (f"\n(clean-accuracy guard: {verdict['n']} held-out training images, clean error "
+    line = (f"\n{stopped}." if stopped else
+            f"\n(clean-accuracy guard: {verdict['n']} held-out training images, clean error "
             f"{verdict['start_clean_err']:.2f} % at the start, limit +{verdict['tolerance']:g}; never exceeded)")
+    return line + _keep_best_line(verdict)
+
+
+def _keep_best_line(verdict) -> str:
+    """What --keep-best handed back (train.guard: the passing epoch with the lowest held-out certified error)."""
+    if not verdict.get("keep_best") or verdict.get("kept_epoch") is None:
+        return ""
+    kept, start = verdict["kept_epoch"], verdict["start_cert_err"]
+    what = ("the starting weights: no epoch certified more of them" if kept == 0 else
+            f"epoch {kept}'s weights ({verdict['best_cert_err']:.2f} %)")
+    return (f"\n(keep-best: certified error {start:.2f} % at the start on the same held-out images at eps "
+            f"{verdict['eps']:g}; handed back {what})")
 
 
 def _optimizer(graph, cfg):
@@ -563,7 +580,8 @@ def _write_train_group(path, cfg, base, history, summary, train_time, n_train, r
              "train_time_s": float(train_time), "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
              "eps_start": float(cfg.eps_start if eps_start is None else eps_start),
              "guard": json.dumps(guard if guard is None else dict(guard, clean_err_per_epoch=[
-                 h.get("guard_clean_err") for h in history]))}
+                 h.get("guard_clean_err") for h in history], cert_err_per_epoch=[
+                 h.get("guard_cert_err") for h in history]))}
     write_train_group(path, attrs, {m: [h[m] for h in history] for m in EPOCH_METRICS},
                       {c: (summary["before"][c], summary["after"][c]) for c in summary["before"]})
 
