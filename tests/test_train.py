@@ -584,9 +584,19 @@ def test_finetune_keep_best_reports_the_starting_weights(tiny_npz, tmp_path, mon
     assert all(torch.equal(a, b) for a, b in zip(exported.parameters(), start.parameters()))
 
 
-def test_keep_best_needs_the_guard(tiny_npz, tmp_path):
+def test_keep_best_needs_the_guard(tiny_npz, tmp_path, capsys):
+    """Asked for without the guard: one line; finetune's default follows the guard (--no-clean-guard runs)."""
     with pytest.raises(BadInputError, match="needs --clean-guard"):
         train("mlp_2x100", **_train_kw(tiny_npz, tmp_path / "n.onnx", keep_best=True))
+    model, train_data, test_data = _bundled_model(tmp_path)
+    base = ["finetune", str(model), "--eps", "0.02", "--train-data", str(train_data), "--test-data", str(test_data),
+            "--train-n", "64", "--test-n", "8", "--batch-size", "32", "--pgd-steps", "1", "--no-progress"]
+    assert main(base + ["--no-clean-guard", "--keep-best", "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "needs --clean-guard" in capsys.readouterr().err
+    assert main(base + ["--no-clean-guard", "--out", str(tmp_path / "b.onnx")]) == 0
+    assert "keep-best" not in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "c.onnx")]) == 0
+    assert "keep-best: certified error" in capsys.readouterr().out
 
 
 def test_finetune_guard_stops_training_and_reports(tiny_npz, tmp_path, monkeypatch):

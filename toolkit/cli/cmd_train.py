@@ -112,11 +112,10 @@ def add_training_arguments(p, finetune: bool = False):
     else:
         o.add_argument("--clean-guard", type=float, default=None, metavar="POINTS",
                        help="clean-accuracy guard as in finetune (default: off)")
-    o.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=finetune,
+    o.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                    help="hand back the epoch (the starting weights included) with the lowest certified error on "
                         "the guard's held-out images at --eval-eps under the --eval-method certifiers, not the "
-                        f"last one (default: {'on; --no-keep-best keeps the last' if finetune else 'off'}; "
-                        "needs the guard)")
+                        f"last one (needs the guard; default: {'on with the guard' if finetune else 'off'})")
     o.add_argument("--guard-n", type=int, default=500,
                    help="held-out training images the guard measures (default: 500, at most a fifth)")
     o.add_argument("--batch-size", type=int, default=50, help="training batch size (default: 50)")

@@ -180,7 +180,8 @@ def finetune(model_path, *, eps: float, out, mean=None, std=None, callbacks=(), 
     kw.setdefault("lr", 1e-4)
     kw.setdefault("epochs", 1)
     kw.setdefault("clean_guard", 2.0)
-    kw.setdefault("keep_best", kw["clean_guard"] is not None)
+    if kw.get("keep_best") is None:  # on with the guard: it measures the guard's held-out images
+        kw["keep_best"] = kw["clean_guard"] is not None
     kw.setdefault("eps_start", "auto")
     if kw.get("ramp") is None:
         e, w = kw["epochs"], kw.get("warmup", 0)

@@ -10,7 +10,10 @@ some radius already. So fine-tuning uses (``toolkit.train.finetune``):
   ``RADIUS_N`` training images of the largest ε (bisection, ``RADIUS_ITERS`` halvings of [0, ε]) at which the
   training method's own bound certifies the image (0 for a misclassified one); a short ramp
   (``max(1, epochs // 2)`` epochs) then takes it to ε;
-* the clean-accuracy guard (``toolkit.train.guard``, 2 percentage points on 500 held-out training images).
+* the clean-accuracy guard (``toolkit.train.guard``, 2 percentage points on 500 held-out training images);
+* keep-best (same module): of the starting weights and every epoch the guard passes, the one with the lowest
+  certified error on those held-out images is handed back, so a fine-tune that does not help returns the
+  model it was given rather than a worse one.
 """
 from __future__ import annotations
 
