@@ -36,13 +36,13 @@ class CleanGuard:
 
     def clean_error(self, graph) -> float:
         """Clean error in % on the held-out images, in eval mode (the training mode is restored)."""
-        return 100.0 - 100.0 * float(self._held_out(graph, lambda g, xb, yb, ok: ok).float().mean())
+        return _error(self._held_out(graph, lambda g, xb, yb, ok: ok))
 
     def cert_error(self, graph) -> float:
         """Certified error in % on the held-out images at ``eps``: an image counts as certified when it is
         classified correctly and one of ``methods`` certifies it (as certify's cascade counts; NaN/inf bounds
         never certify)."""
-        return 100.0 - 100.0 * float(self._held_out(graph, self._certified).float().mean())
+        return _error(self._held_out(graph, self._certified))
 
     def _certified(self, graph, xb, yb, ok):
         from toolkit.bounds import compute_bounds
@@ -112,6 +112,11 @@ def summary(extra: dict) -> dict | None:
     """The guard's verdict for reports (no weights), or None when the run had no guard."""
     g = extra.get("guard")
     return None if g is None else {k: v for k, v in g.items() if k != "best_state"}
+
+
+def _error(passed: torch.Tensor) -> float:
+    """Percent of images that did not pass, from integer counts (no float32 mean: 1.4, not 1.3999998)."""
+    return 100.0 * int((~passed).sum()) / len(passed)
 
 
 def _cpu_state(graph) -> dict:
