@@ -6,7 +6,8 @@
 
 Each model is fine-tuned with ``tightcert finetune`` exactly as a user would run it with the recipe's defaults
 (``toolkit.train.recipes``: lr 1e-4, 1 epoch, ε ramp from the model's median certified radius, clean-accuracy
-guard of 2 points on 500 held-out training images), at the ε of its VNN-COMP specs (``MODELS``). The loss is the
+guard of 2 points on 500 held-out training images, keep-best on those images), at the ε of its VNN-COMP specs
+(``MODELS``). The loss is the
 default, CP (Wong & Kolter's bound, the paper's method), on all 60,000 MNIST training images: exact Fast-Lin
 on mnist-net_256x2 and Convnet_avgpool (its only ReLU layer is the first, where IBP is already exact), and
 Cauchy projections (``--proj 50``, Wong et al.'s choice for larger nets) on mnist_relu_9_200, where one exact
