@@ -500,8 +500,8 @@ def _split_guard(cfg, train_ds):
     if n < 1:
         raise BadInputError(f"--clean-guard needs at least 5 training images to hold some out, got {len(train_ds)}")
     return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard,
-                                                        keep_best=cfg.keep_best, eps=cfg.eval_eps,
-                                                        methods=tuple(cfg.eval_methods))
+                                                        batch_size=cfg.eval_batch_size, keep_best=cfg.keep_best,
+                                                        eps=cfg.eval_eps, methods=tuple(cfg.eval_methods))
 
 
 def _guard_line(verdict, stopped) -> str:
