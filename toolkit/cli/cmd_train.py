@@ -136,7 +136,8 @@ def add_training_arguments(p, finetune: bool = False):
                    help="certifiers for the before/after table, comma-separated (default: fastlin for cp, "
                         "ibp,crown-ibp for crown-ibp, ibp for ibp)")
     d.add_argument("--pgd-steps", type=int, default=100, help="PGD steps of the evaluation (default: 100)")
-    d.add_argument("--eval-batch-size", type=int, default=200, help="evaluation batch size, also of the guard's held-out checks (default: 200)")
+    d.add_argument("--eval-batch-size", type=int, default=200,
+                   help="evaluation batch size, also of the guard's held-out checks (default: 200)")
     w = p.add_argument_group("output")
     w.add_argument("--out", required=True, help="PATH.onnx: the improved model (report PATH.h5, checkpoints "
                                                 "PATH.ckpt/)")
