@@ -599,6 +599,27 @@ def test_keep_best_needs_the_guard(tiny_npz, tmp_path, capsys):
     assert "keep-best: certified error" in capsys.readouterr().out
 
 
+def test_guard_data_measures_a_validation_file(tmp_path, capsys):
+    """--guard-data: the guard measures the file's first --guard-n images and every training image is trained
+    on; a dataset name or a guard-less run is refused in one line."""
+    from toolkit.report.groups import read_train_group
+
+    model, train_data, test_data = _bundled_model(tmp_path)
+    base = ["finetune", str(model), "--eps", "0.02", "--train-data", str(train_data), "--test-data", str(test_data),
+            "--train-n", "64", "--test-n", "8", "--batch-size", "32", "--pgd-steps", "1", "--no-progress"]
+    assert main(base + ["--guard-data", str(test_data), "--guard-n", "40", "--out", str(tmp_path / "v.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert f"clean-accuracy guard: 40 images of {test_data}" in out and "keep-best: certified error" in out
+    attrs, _, _ = read_train_group(tmp_path / "v.h5")
+    assert attrs["n_train"] == 64 and attrs["guard"]["n"] == 40
+    for extra, match in ((["--guard-data", "mnist"], "takes an .npz"),
+                         (["--guard-data", str(test_data), "--no-clean-guard"], "needs --clean-guard")):
+        assert main(base + extra + ["--out", str(tmp_path / "r.onnx")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "r.onnx").exists()
+
+
 def test_finetune_guard_stops_training_and_reports(tiny_npz, tmp_path, monkeypatch):
     """Through the API: the guard holds out training images, stops after the epoch that exceeds it, exports the
     last good epoch's weights, and records its verdict in the report and the printed table."""

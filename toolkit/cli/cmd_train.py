@@ -116,6 +116,9 @@ def add_training_arguments(p, finetune: bool = False):
                    help="hand back the epoch (the starting weights included) with the lowest certified error on "
                         "the guard's held-out images at --eval-eps under the --eval-method certifiers, not the "
                         f"last one (needs the guard; default: {'on with the guard' if finetune else 'off'})")
+    o.add_argument("--guard-data", default=None, metavar="FILE.npz",
+                   help="validation images for the guard (the first --guard-n of the file) instead of holding out "
+                        "training images; every training image is then trained on")
     o.add_argument("--guard-n", type=int, default=500,
                    help="held-out training images the guard measures (default: 500, at most a fifth)")
     o.add_argument("--batch-size", type=int, default=50, help="training batch size (default: 50)")

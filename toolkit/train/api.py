@@ -40,7 +40,7 @@ from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
 
-from .guard import CleanGuard, summary as guard_summary
+from .guard import SOURCE, CleanGuard, summary as guard_summary
 from .recipes import start_radius
 from .methods import (MTL_ALPHA, PURE_IBP, SABR_LAMBDA, METHODS, RegConfig, WarmupConfig, check_loss_fusion,
                       make_loss)
@@ -98,6 +98,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     clean_guard: float | None = None  # finetune default 2.0: stop + roll back past +N points of clean error
     guard_n: int = 500               # held-out training images the guard measures (at most a fifth)
+    guard_data: str | None = None    # an .npz of validation images for the guard instead (its first guard_n)
     keep_best: bool = False          # finetune default: hand back the guard's best held-out certified epoch
     batch_size: int = 50
     epochs: int = 20
@@ -250,6 +251,12 @@ def _validate(cfg: TrainConfig) -> None:
         raise BadInputError(f"--clean-guard must be finite and >= 0 (percentage points), got {cfg.clean_guard}")
     if cfg.keep_best and cfg.clean_guard is None:
         raise BadInputError("--keep-best selects on the guard's held-out images: it needs --clean-guard")
+    if cfg.guard_data is not None:
+        if cfg.clean_guard is None:
+            raise BadInputError("--guard-data gives the guard its images: it needs --clean-guard")
+        if not str(cfg.guard_data).lower().endswith(".npz"):
+            raise BadInputError(f"--guard-data takes an .npz of validation images, got {cfg.guard_data!r} (a named "
+                                "dataset's splits are its training or its test images)")
     for name in ("epochs", "batch_size", "lr_step", "pgd_steps", "eval_batch_size", "guard_n"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "pgd_steps" else 1):
@@ -348,10 +355,11 @@ def _load(cfg: TrainConfig, graph, which: str):
     from toolkit.certify.checks import fit_shape
     from toolkit.data import load_dataset
 
-    name = (cfg.train_data if which == "train" else cfg.test_data) or cfg.data or _infer_data(graph)
-    n = cfg.train_n if which == "train" else cfg.test_n
+    name = {"train": cfg.train_data, "test": cfg.test_data, "guard": cfg.guard_data}[which] or cfg.data \
+        or _infer_data(graph)
+    n = {"train": cfg.train_n, "test": cfg.test_n, "guard": cfg.guard_n}[which]
     key = str(name).lower().replace("-", "_")
-    split = "test" if key == "mnist_test_1000" else which
+    split = "test" if key == "mnist_test_1000" or which == "guard" else which  # (guard: an .npz, no split)
     ds = load_dataset(name, split, cfg.data_root, n)
     ds.x = fit_shape(torch.as_tensor(ds.x, dtype=torch.float32), tuple(graph.input_spec.shape),
                      f"{which} samples")
@@ -425,7 +433,7 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     graph = build()
     train_ds, train_name = _load(cfg, graph, "train")
     test_ds, test_name = _load(cfg, graph, "test")
-    train_x, train_y, guard = _split_guard(cfg, train_ds)
+    train_x, train_y, guard = _split_guard(cfg, train_ds, graph)
     # "auto": from the model as built (the starting model, also on resume), so a resumed run gets the same ε
     eps_start = (min(cfg.eps, start_radius(graph.to(cfg.device), train_x, train_y, cfg.eps, cfg.method))
                  if cfg.eps_start == "auto" else cfg.eps_start)
@@ -491,24 +499,29 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
                         guard=guard_verdict)
 
 
-def _split_guard(cfg, train_ds):
+def _split_guard(cfg, train_ds, graph):
     """(training images, labels, CleanGuard or None): the guard holds out the last ``guard_n`` training
-    images (at most a fifth of them), which are then not trained on."""
+    images (at most a fifth of them), which are then not trained on; with ``guard_data`` it measures the first
+    ``guard_n`` images of that file instead and every training image is trained on."""
     if cfg.clean_guard is None:
         return train_ds.x, train_ds.y, None
+    kw = dict(batch_size=cfg.eval_batch_size, keep_best=cfg.keep_best, eps=cfg.eval_eps,
+              methods=tuple(cfg.eval_methods))
+    if cfg.guard_data is not None:
+        gd, _ = _load(cfg, graph, "guard")
+        return train_ds.x, train_ds.y, CleanGuard(gd.x, gd.y, cfg.clean_guard, source=f"images of {cfg.guard_data}",
+                                                  **kw)
     n = min(cfg.guard_n, len(train_ds) // 5)
     if n < 1:
         raise BadInputError(f"--clean-guard needs at least 5 training images to hold some out, got {len(train_ds)}")
-    return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard,
-                                                        batch_size=cfg.eval_batch_size, keep_best=cfg.keep_best,
-                                                        eps=cfg.eval_eps, methods=tuple(cfg.eval_methods))
+    return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard, **kw)
 
 
 def _guard_line(verdict, stopped) -> str:
     if verdict is None:
         return ""
     line = (f"\n{stopped}." if stopped else
-            f"\n(clean-accuracy guard: {verdict['n']} held-out training images, clean error "
+            f"\n(clean-accuracy guard: {verdict['n']} {verdict.get('source', SOURCE)}, clean error "
             f"{verdict['start_clean_err']:.2f} % at the start, limit +{verdict['tolerance']:g}; never exceeded)")
     return line + _keep_best_line(verdict)
 

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 import torch
 
 
+#: The guard's images unless --guard-data names others (and what records older than that field measured).
+SOURCE = "held-out training images"
+
+
 @dataclass
 class CleanGuard:
     x: torch.Tensor
@@ -33,6 +37,7 @@ class CleanGuard:
     keep_best: bool = False  # select the passing epoch with the lowest held-out certified error
     eps: float = 0.0         # ... at this ε
     methods: tuple = ("ibp",)  # ... under these certifiers, cheapest first
+    source: str = SOURCE     # what the images are, for the messages
 
     def clean_error(self, graph) -> float:
         """Clean error in % on the held-out images, in eval mode (the training mode is restored)."""
@@ -78,7 +83,8 @@ class CleanGuard:
         if "guard" not in trainer.extra:
             g = {"start_clean_err": self.clean_error(trainer.graph), "n": len(self.x),
                  "tolerance": float(self.tolerance), "best_epoch": 0, "best_state": _cpu_state(trainer.graph),
-                 "stopped_at": None, "stopped_clean_err": None, "keep_best": bool(self.keep_best)}
+                 "stopped_at": None, "stopped_clean_err": None, "keep_best": bool(self.keep_best),
+                 "source": self.source}
             if self.keep_best:
                 g["start_cert_err"] = g["best_cert_err"] = self.cert_error(trainer.graph)
                 g.update(eps=float(self.eps), methods=list(self.methods), kept_epoch=None)
@@ -93,7 +99,7 @@ class CleanGuard:
         if err > g["start_clean_err"] + g["tolerance"]:
             trainer.graph.load_state_dict(g["best_state"])
             g["stopped_at"], g["stopped_clean_err"] = trainer.epoch, err
-            trainer.stop(f"clean-accuracy guard: clean error {err:.2f} % on {g['n']} held-out training images "
+            trainer.stop(f"clean-accuracy guard: clean error {err:.2f} % on {g['n']} {g.get('source', SOURCE)} "
                          f"after epoch {trainer.epoch} exceeds {g['start_clean_err']:.2f} % + {g['tolerance']:g}; "
                          f"rolled back to epoch {g['best_epoch']}")
             return
