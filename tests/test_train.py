@@ -562,7 +562,7 @@ def test_keep_best_hands_back_the_best_passing_epoch(monkeypatch):
     assert kept == 0 and all(torch.equal(a, b) for a, b in zip(final, weights[0]))
 
 
-def test_finetune_keep_best_reports_the_starting_weights(tiny_npz, tmp_path, monkeypatch):
+def test_finetune_keep_best_reports_the_starting_weights(tiny_npz, tmp_path, monkeypatch, capsys):
     """Through the API: no epoch beats the start on held-out certified error, so the exported model is the
     starting one, the table says so and the report keeps the per-epoch figures."""
     from toolkit.report.groups import read_train_group
@@ -576,6 +576,10 @@ def test_finetune_keep_best_reports_the_starting_weights(tiny_npz, tmp_path, mon
     assert "handed back the starting weights" in res.table and "certified error 30.00 % at the start" in res.table
     attrs, _, _ = read_train_group(tmp_path / "k.h5")
     assert attrs["guard"]["cert_err_per_epoch"] == [35.0, 32.0]
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "k.h5")]) == 0  # the verdict is re-printed from the report alone
+    text = capsys.readouterr().out
+    assert "train of mlp_2x100: --method cp, 2 epoch(s) on" in text and res.table.split("\n(clean")[1] in text
     from toolkit import zoo
     from toolkit.ir.onnx_import import import_onnx
 

@@ -39,8 +39,9 @@ import torch
 from toolkit import __version__
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.fileio import OutputBusyError, OutputLock, atomic_path, check_not_busy
+from toolkit.report.verdicts import verdict_text as guard_verdict_text
 
-from .guard import SOURCE, CleanGuard, summary as guard_summary
+from .guard import CleanGuard, summary as guard_summary
 from .recipes import start_radius
 from .methods import (MTL_ALPHA, PURE_IBP, SABR_LAMBDA, METHODS, RegConfig, WarmupConfig, check_loss_fusion,
                       make_loss)
@@ -483,7 +484,7 @@ def _train_and_export(build, cfg, base, callbacks, ctx, onnx_path, report_path, 
     certify(graph, test_ds, cfg.eval_eps, model_name="after", **ev)
     runs = {r.name.split("_eps")[0]: r for r in _read_runs(work_report)}
     summary = {k: _summary(runs[k]) for k in ("before", "after")}
-    table = (_table(summary, cfg.eval_methods, cfg.eval_eps) + _guard_line(guard_verdict, trainer.stopped)
+    table = (_table(summary, cfg.eval_methods, cfg.eval_eps) + guard_verdict_text(guard_verdict)
              + (f"\n(eps ramp from the model's median certified radius {eps_start:.4g} to {cfg.eps:g})"
                 if cfg.eps_start == "auto" else ""))
     meta = _provenance(cfg, base, train_name, len(train_x), summary)
@@ -515,26 +516,6 @@ def _split_guard(cfg, train_ds, graph):
     if n < 1:
         raise BadInputError(f"--clean-guard needs at least 5 training images to hold some out, got {len(train_ds)}")
     return train_ds.x[:-n], train_ds.y[:-n], CleanGuard(train_ds.x[-n:], train_ds.y[-n:], cfg.clean_guard, **kw)
-
-
-def _guard_line(verdict, stopped) -> str:
-    if verdict is None:
-        return ""
-    line = (f"\n{stopped}." if stopped else
-            f"\n(clean-accuracy guard: {verdict['n']} {verdict.get('source', SOURCE)}, clean error "
-            f"{verdict['start_clean_err']:.2f} % at the start, limit +{verdict['tolerance']:g}; never exceeded)")
-    return line + _keep_best_line(verdict)
-
-
-def _keep_best_line(verdict) -> str:
-    """What --keep-best handed back (train.guard: the passing epoch with the lowest held-out certified error)."""
-    if not verdict.get("keep_best") or verdict.get("kept_epoch") is None:
-        return ""
-    kept, start = verdict["kept_epoch"], verdict["start_cert_err"]
-    what = ("the starting weights: no epoch certified more of them" if kept == 0 else
-            f"epoch {kept}'s weights ({verdict['best_cert_err']:.2f} %)")
-    return (f"\n(keep-best: certified error {start:.2f} % at the start on the same held-out images at eps "
-            f"{verdict['eps']:g}; handed back {what})")
 
 
 def _optimizer(graph, cfg):

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-#: The guard's images unless --guard-data names others (and what records older than that field measured).
-SOURCE = "held-out training images"
+from toolkit.report.verdicts import SOURCE, stop_message
 
 
 @dataclass
@@ -99,9 +97,7 @@ class CleanGuard:
         if err > g["start_clean_err"] + g["tolerance"]:
             trainer.graph.load_state_dict(g["best_state"])
             g["stopped_at"], g["stopped_clean_err"] = trainer.epoch, err
-            trainer.stop(f"clean-accuracy guard: clean error {err:.2f} % on {g['n']} {g.get('source', SOURCE)} "
-                         f"after epoch {trainer.epoch} exceeds {g['start_clean_err']:.2f} % + {g['tolerance']:g}; "
-                         f"rolled back to epoch {g['best_epoch']}")
+            trainer.stop(stop_message(g))
             return
         if not g.get("keep_best"):
             g["best_epoch"], g["best_state"] = trainer.epoch, _cpu_state(trainer.graph)
