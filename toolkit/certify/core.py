@@ -144,6 +144,13 @@ def _bounds(graph, inp, y, method, opts):
         return margin_lower_bound(graph, inp, y, method, **opts).detach()
 
 
+def checked_margins(graph, inp, y, method, opts, logits) -> torch.Tensor:
+    """Margin lower bounds (N, K) of ``method`` as certification uses them: float32 certificates close to 0 count
+    only if float64 confirms them (precision.py). ``logits``: the model's output at the centres."""
+    lb = _bounds(graph, inp, y, method, opts)
+    return recheck_float64(lambda g, i, yy: _bounds(g, i, yy, method, opts), graph, inp, y, lb, logits)
+
+
 def certify_batch(graph, inp: InputSet, y: torch.Tensor, index, methods, n_classes: int, *, pgd_steps=100,
                   pgd_restarts=1, pgd_step_size=None, seed=0, method_opts=None):
     """Certify one batch; returns (rows, method_rows, times) in the layout of ``RunWriter.append``."""
@@ -172,10 +179,7 @@ def certify_batch(graph, inp: InputSet, y: torch.Tensor, index, methods, n_class
         lb = torch.full((n, n_classes), float("nan"), dtype=inp.lo.dtype, device=y.device)
         rows = run_on.nonzero().flatten()
         if rows.numel():
-            lb_m = _bounds(graph, inp[rows], y[rows], m, opts)
-            # float32 certificates close to 0 count only if float64 confirms them (precision.py)
-            lb_m = recheck_float64(lambda g, i, yy: _bounds(g, i, yy, m, opts), graph, inp[rows], y[rows],
-                                   lb_m, logits[rows])
+            lb_m = checked_margins(graph, inp[rows], y[rows], m, opts, logits[rows])
             idx = np.asarray(index)[rows.cpu().numpy()]
             _check_sound(lb_m, at_centre[rows], idx, m, "the centre of its input set")
             _check_sound(lb_m, at_adv[rows], idx, m, "PGD's point in its input set")

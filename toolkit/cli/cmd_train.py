@@ -120,7 +120,8 @@ def add_training_arguments(p, finetune: bool = False):
                    help="validation images for the guard (the first --guard-n of the file) instead of holding out "
                         "training images; every training image is then trained on")
     o.add_argument("--guard-n", type=int, default=500,
-                   help="held-out training images the guard measures (default: 500, at most a fifth)")
+                   help="images the guard measures: held-out training images (at most a fifth of them), or the "
+                        "first of --guard-data (default: 500)")
     o.add_argument("--batch-size", type=int, default=50, help="training batch size (default: 50)")
     o.add_argument("--epochs", type=int, default=1 if finetune else 20,
                    help=f"epochs (default: {1 if finetune else 20})")

@@ -98,7 +98,7 @@ class TrainConfig:
     lr_milestones: tuple = ()
     grad_clip: float = 0.0
     clean_guard: float | None = None  # finetune default 2.0: stop + roll back past +N points of clean error
-    guard_n: int = 500               # held-out training images the guard measures (at most a fifth)
+    guard_n: int = 500               # images the guard measures (held out: at most a fifth of the training set)
     guard_data: str | None = None    # an .npz of validation images for the guard instead (its first guard_n)
     keep_best: bool = False          # finetune default: hand back the guard's best held-out certified epoch
     batch_size: int = 50
