@@ -207,6 +207,40 @@ def test_ibp_dropping_and_reusing_unkept_bounds_changes_nothing(net):
     assert torch.equal(lo, c.inp.lo) and torch.equal(hi, c.inp.hi)
 
 
+def _view_nets():
+    """Flatten right after the input (the bundled MNIST MLP's shape), and a Flatten whose input another node
+    also reads (a residual Add after the reshape round trip): both hand views of live bounds to an affine op."""
+    from toolkit.ir import Add, Flatten, Graph, InputSpec, Linear, ReLU, Reshape
+
+    g = torch.Generator().manual_seed(3)
+    r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)
+    flat_first = Graph([("flat", Flatten(), ("input",)), ("fc1", Linear(r(6, 6), r(6)), ("flat",)),
+                        ("relu", ReLU(), ("fc1",)), ("fc2", Linear(r(3, 6), r(3)), ("relu",))],
+                       "fc2", InputSpec((1, 2, 3)))
+    shared = Graph([("fc1", Linear(r(6, 6), r(6)), ("input",)), ("relu", ReLU(), ("fc1",)),
+                    ("grid", Reshape((2, 3)), ("relu",)), ("flat", Flatten(), ("grid",)),
+                    ("fc2", Linear(r(6, 6), r(6)), ("flat",)), ("add", Add(), ("fc2", "relu")),
+                    ("fc3", Linear(r(3, 6), r(3)), ("add",))], "fc3", InputSpec((6,), layout="flat"))
+    return {"flat_first": flat_first, "shared": shared}
+
+
+@pytest.mark.parametrize("name", ["flat_first", "shared"])
+def test_ibp_never_reuses_memory_someone_else_still_sees(name):
+    """Donated bounds (``Rule.ibp_donated``) must be the pass's own: a Flatten of the input once handed the
+    caller's InputSet.hi to the next Linear, which built its centre there (the box grew, and a float64 recheck
+    on that box gave an IBP bound above a PGD value; session 16)."""
+    graph = _view_nets()[name]
+    x = torch.rand(4, *graph.input_spec.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    inp = InputSet.from_eps(x, 0.1, clip=None)
+    lo, hi = inp.lo.clone(), inp.hi.clone()
+    full = ibp_bounds(graph, lo, hi)
+    with torch.no_grad():
+        kept = ibp_bounds(graph, inp.lo, inp.hi, keep={graph.output})
+    assert torch.equal(inp.lo, lo) and torch.equal(inp.hi, hi)
+    assert torch.equal(kept[graph.output][0], full[graph.output][0])
+    assert torch.equal(kept[graph.output][1], full[graph.output][1])
+
+
 @pytest.mark.parametrize("net,seed,box", CASES, ids=CASE_IDS)
 def test_ibp_contains_every_sampled_activation(net, seed, box):
     c = case(net, seed, box)

@@ -7,6 +7,7 @@ import torch
 
 from toolkit.ir import INPUT
 
+from .backward import _storage
 from .ops import rule_for
 
 
@@ -22,7 +23,8 @@ def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = Non
     for key in graph.order:
         node, ins = graph.nodes[key], graph.edges[key]
         rule = rule_for(node, "ibp")
-        if left is not None and len(ins) == 1 and left[ins[0]] == 1 and ins[0] != INPUT and ins[0] not in keep:
+        if (left is not None and len(ins) == 1 and left[ins[0]] == 1 and ins[0] != INPUT and ins[0] not in keep
+                and _exclusive(ins[0], bounds)):
             # the only reader of bounds nobody keeps: the rule may reuse their memory (``Rule.ibp_donated``)
             bounds[key] = rule.ibp_donated(node, list(bounds.pop(ins[0])))
         else:
@@ -35,6 +37,14 @@ def ibp_bounds(graph, lo: torch.Tensor, hi: torch.Tensor, upto: str | None = Non
                 if left[k] == 0 and k != INPUT and k not in keep:
                     bounds.pop(k, None)
     return bounds
+
+
+def _exclusive(key: str, bounds: dict) -> bool:
+    """True when no other live bounds share the memory of ``key``'s (the caller's input box included): a
+    Reshape / Flatten returns views of its input's bounds, and donating those wrote into the caller's
+    ``InputSet.hi`` (an MLP's Linear after Flatten; session 16) or into bounds another node still reads."""
+    mine = {_storage(t) for t in bounds[key]}
+    return all(_storage(t) not in mine for k, pair in bounds.items() if k != key for t in pair)
 
 
 def exact_on_box(graph) -> set:
